@@ -1,0 +1,94 @@
+"The `sigmaquant-lab` command: the main job end to end, and bad input that must fail clearly and write nothing."
+import json, os, subprocess, sys, zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [str(Path(sys.executable).parent/"sigmaquant-lab")]   # the installed console script
+QUICK = ["--fp-epochs", "6", "--e1", "1", "--e2", "1", "--max-steps", "6", "--int8-epochs", "1", "--quiet"]
+
+
+def run(args, cwd, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "SIGMAQUANT_SETTINGS": str(ROOT/"settings.ini")}
+    env.update(kw.pop("env", {}))
+    return subprocess.run([*CLI, *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def test_help_reads_well(tmp_path):
+    r = run(["search", "--help"], tmp_path)
+    assert r.returncode == 0
+    for flag in ("--data", "--model", "--max-acc-drop", "--size-frac", "--bits", "--e1", "--e2", "--device", "--out"):
+        assert flag in r.stdout
+    assert "budgets (fractions of the INT8 reference)" in r.stdout
+
+
+def test_main_job_prints_table_and_writes_record(tmp_path):
+    r = run(["search", *QUICK, "--size-frac", "0.45", "--max-acc-drop", "0.05", "--out", str(tmp_path/"runs"), "--name", "t"], tmp_path)
+    assert r.returncode in (0, 3), r.stderr[-3000:]
+    out = r.stdout
+    for col in ("layer", "params", "sigma", "cluster", "bits", "KL"): assert col in out
+    assert "size " in out and "of INT8" in out and "status " in out
+    run_dir = tmp_path/"runs"/"t"
+    res = json.loads((run_dir/"result.json").read_text())
+    bits = json.loads((run_dir/"bits.json").read_text())
+    assert res["bits"] == bits and set(bits.values()) <= {2, 4, 6, 8}
+    cfg = json.loads((run_dir/"config.json").read_text())
+    assert cfg["method"] == "sigmaquant" and "sigma_norm" in cfg and cfg["ours"]
+    events = [json.loads(l) for l in (run_dir/"events.jsonl").read_text().splitlines()]
+    assert events[-1]["event"] == "RunFinished" and any(e["event"] == "StepFinished" for e in events)
+    # the status line matches the record, and size is what the bit map implies
+    assert f"status      {res['status']}" in out
+    ls = run(["runs", "--out", str(tmp_path/"runs")], tmp_path)
+    assert ls.returncode == 0 and "t " in ls.stdout and res["status"] in ls.stdout
+
+
+def _fails_clearly(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sigmaquant-lab: error:") and "fix:" in err[0], r.stderr
+    for n in needles: assert n in err[0], err[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--size-frac", "0.05"], ["infeasible", "--size-frac"]),
+    (["--size-frac", "1.5"], ["size_frac=1.5"]),
+    (["--max-acc-drop", "-0.1"], ["max_acc_drop"]),
+    (["--bits", "2,4,16"], ["outside 1..8"]),
+    (["--bits", "two"], ["--bits"]),
+    (["--model", "no_such_net"], ["no_such_net"]),
+    (["--device", "cuda:0"], ["no CUDA GPU"]) if not __import__("torch").cuda.is_available() else (["--device", "tpu"], ["tpu"]),
+    (["--data", "/nonexistent/imagefolder"], ["/nonexistent/imagefolder"]),
+    (["--e1", "-1"], ["e1=-1"]),
+    (["--pin-first-last", "5"], ["pin_first_last=5"]),
+])
+def test_bad_input_fails_with_one_line_and_no_run_dir(tmp_path, args, needles):
+    r = run(["search", *QUICK, "--out", str(tmp_path/"runs"), *args], tmp_path)
+    _fails_clearly(r, *needles)
+    assert not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path/"file"; blocker.write_text("x")
+    r = run(["search", *QUICK, "--out", str(blocker/"runs")], tmp_path)
+    _fails_clearly(r, "not writable")
+
+
+def test_bad_settings_value(tmp_path):
+    s = tmp_path/"settings.ini"; s.write_text((ROOT/"settings.ini").read_text().replace("e2 = 2", "e2 = two"))
+    r = run(["--settings", str(s), "search", "--quiet", "--out", str(tmp_path/"runs")], tmp_path)
+    _fails_clearly(r, "[train] e2 = 'two'")
+
+
+def test_empty_and_corrupt_and_wrong_checksum_datasets(tmp_path):
+    empty = tmp_path/"empty"; empty.mkdir()
+    _fails_clearly(run(["search", *QUICK, "--data", str(empty), "--out", str(tmp_path/"runs")], tmp_path))
+    bad = tmp_path/"bad"
+    for c in ("a", "b"):
+        (bad/c).mkdir(parents=True)
+        for i in range(4): (bad/c/f"{i}.png").write_bytes(b"not a png")
+    _fails_clearly(run(["search", *QUICK, "--data", str(bad), "--out", str(tmp_path/"runs")], tmp_path), ".png")
+    z = tmp_path/"d.zip"
+    with zipfile.ZipFile(z, "w") as f: f.writestr("a/0.txt", "x")
+    _fails_clearly(run(["search", *QUICK, "--data", str(z), "--sha256", "0"*64, "--out", str(tmp_path/"runs")], tmp_path), "sha256")
+    assert not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())
