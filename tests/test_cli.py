@@ -38,7 +38,7 @@ def test_main_job_prints_table_and_writes_record(tmp_path):
     events = [json.loads(l) for l in (run_dir/"events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "RunFinished" and any(e["event"] == "StepFinished" for e in events)
     # the status line matches the record, and size is what the bit map implies
-    assert f"status      {res['status']}" in out
+    assert f"status        {res['status']}" in out
     ls = run(["runs", "--out", str(tmp_path/"runs")], tmp_path)
     assert ls.returncode == 0 and "t " in ls.stdout and res["status"] in ls.stdout
 

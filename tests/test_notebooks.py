@@ -29,7 +29,8 @@ def test_export_in_sync(tmp_path):
 
 def test_notebooks_run():
     "Every notebook in nbs/ executes without error (slow and gpu cells skipped)."
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # two notebooks run at once on CI's 2 cores: one torch thread each avoids 10x oversubscription slowdowns
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     r = subprocess.run([str(BIN/"nbdev-test"), "--n-workers", "2", "--timing"], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=1500)
     print(r.stdout[-5000:], r.stderr[-5000:])
