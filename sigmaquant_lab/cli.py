@@ -124,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs", help="folder for run records")
     r.add_argument("--name", default=None, help="run name (default: method-timestamp)")
     r.add_argument("--no-record", action="store_true", help="do not write a run record")
+    r.add_argument("--resume", metavar="NAME", default=None,
+                   help="continue the interrupted run NAME in --out from its last completed step (its saved settings are used)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
     l = sub.add_parser("runs", help="list run records", description="List the run records in a folder.")
     l.add_argument("--out", default="runs", help="folder holding run records")
@@ -134,10 +136,29 @@ def _bits(s):
     try: return tuple(int(x) for x in s.split(","))
     except ValueError: raise SQError(f"--bits {s!r} is not a comma-separated list of integers", "write e.g. --bits 2,4,6,8") from None
 
+def _resume_setup(a, st):
+    "Config, data, float model and meta of an interrupted run, from its folder."
+    from sigmaquant_lab.runs import RunDir
+    from sigmaquant_lab.search import config_from_dict, config_class_for
+    import json
+    part = RunDir.open_partial(a.out, a.resume).unlock().path   # finished, missing or live runs fail here, clearly
+    try: conf = json.loads((part/"config.json").read_text()); fsd = torch.load(part/"float.pt", map_location="cpu", weights_only=True)
+    except Exception as e: raise SQError(f"run {a.resume} is corrupt: cannot read its config or float weights ({e.__class__.__name__})", "start a new run") from None
+    from dataclasses import replace
+    cfg = config_from_dict(config_class_for(conf["method"]), conf)
+    if a.device: cfg = replace(cfg, device=a.device)
+    meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit")}
+    dkw = {} if meta["data_arg"].lower() == "digits" else dict(progress=not a.quiet, **({"image_size": meta["image_size"]} if meta["image_size"] else {}))
+    data = get_data(meta["data_arg"], st, **dkw)
+    if meta["limit"]: data = data.subset(meta["limit"])
+    model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
+    return cfg, data, model, meta
+
 def cmd_search(a, out=None) -> int:
     "Run the search a parsed `search` command describes; return the exit status."
     out = out or sys.stdout
     st = load_settings(a.settings)
+    if a.resume: return _run_search(a, out, *_resume_setup(a, st))
     if a.threads: torch.set_num_threads(a.threads)
     seed = st.int("data", "seed") if a.seed is None else a.seed
     device = a.device or st.str("train", "device"); resolve_device(device)
@@ -166,15 +187,19 @@ def cmd_search(a, out=None) -> int:
     fp_epochs = st.int("train", "fp_epochs") if a.fp_epochs is None else a.fp_epochs
     model = float_model(data, model_name, weights=a.weights, epochs=fp_epochs, lr=st.float("train", "fp_lr"),
                         batch_size=cfg.batch_size, seed=seed, device=device, cache_dir=st.path_("data", "cache"), progress=not a.quiet)
+    return _run_search(a, out, cfg, data, model, dict(model_name=model_name, data_arg=a.data, image_size=a.image_size, limit=a.limit))
+
+def _run_search(a, out, cfg, data, model, meta) -> int:
     stop = threading.Event()
     old = signal.signal(signal.SIGINT, lambda *_: stop.set()) if threading.current_thread() is threading.main_thread() else None
     try:
         res = search(model, data, cfg, on_event=ConsoleReporter(a.quiet), cancel=stop,
-                     out_dir=None if a.no_record else a.out, name=a.name,
-                     meta=dict(model_name=model_name, data_arg=a.data, image_size=a.image_size))
+                     out_dir=None if a.no_record else a.out, name=a.resume or a.name, meta=meta, resume=bool(a.resume))
     finally:
         if old is not None: signal.signal(signal.SIGINT, old)
-    print(f"\nSigmaQuant on {data.name} / {model_name}: budget acc drop <= {cfg.budget.max_acc_drop*100:.2f} pt, size <= {cfg.budget.size_frac:.0%} of INT8\n", file=out)
+    b = cfg.budget
+    extra = "".join(f", {k.split('_')[0]} <= {v:.0%} of INT8" for k, v in (("energy_frac", b.energy_frac), ("latency_frac", b.latency_frac)) if v)
+    print(f"\nSigmaQuant on {data.name} / {meta['model_name']}: budget acc drop <= {b.max_acc_drop*100:.2f} pt, size <= {b.size_frac:.0%} of INT8{extra}\n", file=out)
     print(res.table(), file=out); print(file=out); print(res.summary(), file=out)
     return {"OK": 0, "BEST_EFFORT": 0, "INFEASIBLE": 3, "CANCELLED": 130}[res.status]
 

@@ -16,7 +16,7 @@ import torch
 
 # %% auto #0
 __all__ = ['DEFAULT_SETTINGS', 'BitMap', 'SQError', 'Cancelled', 'find_settings', 'Settings', 'load_settings', 'check_bits',
-           'Budget', 'seed_everything', 'resolve_device', 'atomic_write', 'to_jsonable', 'atomic_write_json']
+           'Budget', 'seed_everything', 'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
 class SQError(ValueError):
@@ -183,6 +183,16 @@ def resolve_device(name:str="auto" # "auto", "cpu", "cuda" or "cuda:N"
     except RuntimeError: raise SQError(f"device {name!r} is not a torch device", "use auto, cpu, cuda or cuda:N") from None
 
 # %% ../nbs/00_core.ipynb #4ce741fc
+def fault(point:str):
+    "Fault-injection hook for tests: `SIGMAQUANT_FAULT=point[:n]` SIGKILLs this process the n-th time `point` is reached."
+    spec = os.environ.get("SIGMAQUANT_FAULT")
+    if not spec: return
+    want, _, n = spec.rpartition(":") if spec.rsplit(":", 1)[-1].isdigit() else (spec, "", "1")
+    if not point.startswith(want): return
+    _FAULTS[want] = _FAULTS.get(want, 0) + 1
+    if _FAULTS[want] == int(n): os.kill(os.getpid(), 9)
+_FAULTS = {}
+
 def atomic_write(path:str|Path, # Target file
                  data:bytes|str): # Content
     "Write `data` to `path` atomically (temp file + fsync + rename)."
@@ -192,6 +202,7 @@ def atomic_write(path:str|Path, # Target file
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())
+        fault("atomic_write:" + path.name)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)

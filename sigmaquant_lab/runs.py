@@ -6,12 +6,12 @@ Docs: https://example.invalid/sigmaquant-lab/docs/runs.html.md"""
 
 # %% ../nbs/07_runs.ipynb #cea9ce97
 from __future__ import annotations
-import json, os, shutil, time, datetime as _dt
+import fcntl, json, os, shutil, time, datetime as _dt
 from pathlib import Path
 
 import torch
 
-from .core import SQError, atomic_write, atomic_write_json, to_jsonable
+from .core import SQError, atomic_write, atomic_write_json, to_jsonable, fault
 
 # %% auto #0
 __all__ = ['PARTIAL', 'check_writable', 'RunDir', 'list_runs']
@@ -46,7 +46,34 @@ class RunDir:
         try: stage.mkdir()
         except FileExistsError:
             raise SQError(f"run {name} is already in progress (or was killed) at {stage}", "resume it with --resume or remove that folder") from None
-        return cls(stage)
+        return cls(stage).lock()
+
+    @classmethod
+    def open_partial(cls, out_dir:str|Path, # Folder holding runs
+                     name:str): # Name of the interrupted run
+        "Reopen an interrupted run (its `<name>.partial` folder) to resume it."
+        out = Path(out_dir).expanduser()
+        if (out/name).is_dir():
+            raise SQError(f"run {name} in {out} has already finished", "nothing to resume: start a new run with another --name")
+        stage = out/(name + PARTIAL)
+        if not stage.is_dir():
+            raise SQError(f"no interrupted run named {name} in {out}", f"check --out and --name (interrupted runs end in {PARTIAL})")
+        return cls(stage).lock()
+
+    def lock(self):
+        "Hold an exclusive lock on the run folder for this process (a second writer fails clearly)."
+        self._lockf = open(self.path/".lock", "a+")
+        try: fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockf.close(); self._lockf = None
+            raise SQError(f"run {self.name} is being written by another process right now", "wait for it to finish, or pick another --name") from None
+        self._lockf.seek(0); self._lockf.truncate(); self._lockf.write(str(os.getpid())); self._lockf.flush()
+        return self
+
+    def unlock(self):
+        f = getattr(self, "_lockf", None)
+        if f is not None: fcntl.flock(f, fcntl.LOCK_UN); f.close(); self._lockf = None
+        return self
 
     @property
     def name(self): return self.path.name.removesuffix(PARTIAL)
@@ -78,26 +105,35 @@ class RunDir:
 
     def save_torch(self, rel:str, obj):
         "torch.save atomically."
-        tmp = self.path/f".{rel}.{os.getpid()}.tmp"
+        (self.path/rel).parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path/f".{rel.replace('/', '_')}.{os.getpid()}.tmp"
         try:
             torch.save(obj, tmp)
             with open(tmp, "rb") as f: os.fsync(f.fileno())
+            fault("save_torch:" + rel)
             os.replace(tmp, self.path/rel)
         finally:
             if tmp.exists(): tmp.unlink()
 
     def load_torch(self, rel:str): return torch.load(self.path/rel, map_location="cpu", weights_only=False)
 
+    def rewrite_events(self, events:list[dict]):
+        "Replace the event log atomically (on resume, with the checkpoint's events)."
+        atomic_write(self.path/"events.jsonl", "".join(json.dumps(to_jsonable(e)) + "\n" for e in events))
+
     def finish(self):
-        "Rename the staging directory to its final name."
+        "Drop per-step states, release the lock and rename the staging directory to its final name."
         dst = self.final_path
         if not self.finished:
             if dst.exists(): raise SQError(f"run directory {dst} appeared while this run was going", "pick another --name")
+            shutil.rmtree(self.path/"states", ignore_errors=True)
+            (self.path/".lock").unlink(missing_ok=True); self.unlock()
             os.replace(self.path, dst); self.path = dst
         return self
 
     def abort(self):
         "Remove a staging directory (after an error): nothing half-written stays."
+        self.unlock()
         if not self.finished and self.path.exists(): shutil.rmtree(self.path, ignore_errors=True)
 
 # %% ../nbs/07_runs.ipynb #856dabc6

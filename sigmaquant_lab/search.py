@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/search.html.md"""
 
 # %% ../nbs/08_search.ipynb #ed47ebf8
 from __future__ import annotations
-import copy, math, time
+import copy, math, random, time
 from dataclasses import dataclass, field, asdict, replace, fields
 from typing import Any, Callable, Iterator
 
@@ -23,9 +23,9 @@ from .runs import RunDir
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
 
 # %% auto #0
-__all__ = ['STATUSES', 'STRATEGIES', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
-           'SearchConfig', 'register_strategy', 'strategy_for', 'Choice', 'SearchContext', 'SearchResult', 'search',
-           'Search', 'FixedBitsConfig', 'FixedBits']
+__all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
+           'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
+           'StateRef', 'SearchContext', 'SearchResult', 'search', 'Search', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -114,6 +114,20 @@ class SearchConfig:
 
     def to_dict(self) -> dict: return to_jsonable(self)
 
+def config_from_dict(cls:type, d:dict):
+    "Rebuild a config dataclass from its JSON form (a run's config.json)."
+    import dataclasses
+    kw = {}
+    for f in fields(cls):
+        if f.name not in d: continue
+        v, dflt = d[f.name], f.default
+        if dataclasses.is_dataclass(dflt) and isinstance(v, dict):
+            names = {g.name for g in fields(type(dflt))}
+            v = type(dflt)(**{k: x for k, x in v.items() if k in names})
+        elif isinstance(dflt, tuple) and isinstance(v, list): v = tuple(v)
+        kw[f.name] = v
+    return cls(**kw)
+
 def _typed(s, sec, key, default):
     if isinstance(default, bool): return s.bool(sec, key)
     if isinstance(default, int): return s.int(sec, key)
@@ -130,6 +144,12 @@ def register_strategy(config_type:type):
         return cls
     return deco
 
+def config_class_for(method:str) -> type:
+    "The config class of a registered method name (e.g. 'sigmaquant')."
+    for t, c in STRATEGIES.items():
+        if c.name == method: return t
+    raise SQError(f"search method {method!r} is not known", f"use one of {', '.join(c.name for c in STRATEGIES.values())}")
+
 def strategy_for(cfg:SearchConfig):
     "The registered strategy instance for a config."
     for t in type(cfg).__mro__:
@@ -143,6 +163,16 @@ class Choice:
     status:str; bits:dict; state:dict|None=None; reason:str=""; extra:dict=field(default_factory=dict)
 
 # %% ../nbs/08_search.ipynb #524673e5
+@dataclass(frozen=True)
+class StateRef:
+    "A model state saved in a run folder, loaded when needed."
+    path:Any; key:str|None=None
+
+def _state(st):
+    if not isinstance(st, StateRef): return st
+    d = torch.load(st.path, map_location="cpu", weights_only=False)
+    return d if st.key is None else d[st.key]
+
 class SearchContext:
     "Shared measuring machinery of a search."
     def __init__(self, model:nn.Module, data, cfg:SearchConfig, *, on_event:Callable|None=None, cancel=None,
@@ -159,6 +189,7 @@ class SearchContext:
         self.loaders = {s: data.loader(s, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed)
                         for s in ("train", "val", "test")}
         self.events, self.epochs, self.t0, self._last_progress = [], 0, time.perf_counter(), 0.0
+        self.replay:list[dict] = []    # recorded StepFinished events still to replay (resume)
         self.ref: dict = {}
         self.pinned = self._pins()
         # one shape pass on a meta-device copy: no arithmetic, any model size
@@ -188,13 +219,14 @@ class SearchContext:
         "Move the model to `bits` (pins win) and recalibrate BN and activation ranges."
         bits = {**{n: bits[n] for n in self.layers}, **self.pinned}
         set_bits_(self.model, bits, candidates=self.cfg.bits)
-        calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches)
+        if not self.replaying: calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches)
         return bits
 
     def qat(self, epochs:int, what:str="qat"):
         "Short QAT cycle of `epochs` epochs (progress events, cancel per batch)."
         self.check_cancel()
         if epochs <= 0: return {}
+        if self.replaying: self.epochs += epochs; return {}
         rep = train_(self.model, self.loaders["train"], replace(self.cfg.train, epochs=epochs),
                      on_progress=self._on_progress, cancel=self.cancel, progress=self.progress, desc=what)
         self.epochs += epochs
@@ -202,10 +234,12 @@ class SearchContext:
 
     def evaluate(self, split:str="val") -> float:
         "Accuracy on a split (decisions use `val`)."
+        if self.replaying and split == "val": return self.replay[0]["acc"]
         return evaluate(self.model, self.loaders[split], bf16=self.cfg.train.bf16)
 
     def costs(self, bits:dict) -> dict:
         "Size and simulated hardware costs of a bit map, absolute and as fractions of INT8."
+        if self.replaying: return self.replay[0]["costs"]
         b = np.array([bits[n] for n in self.layers], dtype=np.float64)
         size = float((self.params * b).sum() / 8)
         ref = float(self.params.sum())  # INT8 bytes
@@ -239,21 +273,59 @@ class SearchContext:
 
     def sigmas(self, norm:str="minmax"):
         "Raw and normalised σ of the current float weights, in layer order."
+        if self.replaying and "sigma" in self.replay[0]["extra"]:
+            x = self.replay[0]["extra"]; return np.array(x["sigma"]), np.array(x["sigma_n"])
         _, raw, s = layer_sigmas(self.model, norm); return raw, s
 
     def kl(self, bits:dict, norm:str="kl2") -> tuple[np.ndarray, np.ndarray]:
         "KL table (layers × candidate bits) and each layer's KL at its width in `bits`."
+        if self.replaying: return None, np.array(self.replay[0]["kl"])
         _, _, t = kl_table({n: m.weight.detach().cpu() for n, m in quant_layers(self.model).items()}, self.cfg.bits, norm)
         col = {b: i for i, b in enumerate(self.cfg.bits)}
         return t, np.array([t[i, col[bits[n]]] if bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
 
     def snapshot(self) -> dict:
         "Bits + a CPU copy of the model state (to roll back to)."
+        if self.replaying:   # the state of the step being replayed is on disk
+            return dict(bits=get_bits(self.model), state=StateRef(self.run.path/f"states/step-{self.n_steps}.pt"))
         return dict(bits=get_bits(self.model), state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
 
     def restore(self, snap:dict):
         "Go back to a snapshot."
-        set_bits_(self.model, snap["bits"]); self.model.load_state_dict(snap["state"])
+        set_bits_(self.model, snap["bits"])
+        if not self.replaying: self.model.load_state_dict(_state(snap["state"]))
+
+    # --- resume --------------------------------------------------------------------------------
+    @property
+    def replaying(self) -> bool: return bool(self.replay)
+    @property
+    def n_steps(self) -> int: return sum(e["event"] == "StepFinished" for e in self.events)
+
+    def rng_state(self) -> dict:
+        "Every RNG a search draws from, the data loaders' included."
+        return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    numpy=np.random.get_state(), python=random.getstate(),
+                    loaders={k: (l._order_gen.get_state(), l._aug_gen.get_state()) for k, l in self.loaders.items() if hasattr(l, "_order_gen")})
+
+    def set_rng_state(self, st:dict):
+        torch.set_rng_state(st["torch"]); np.random.set_state(st["numpy"]); random.setstate(st["python"])
+        if st.get("cuda") is not None and torch.cuda.is_available(): torch.cuda.set_rng_state_all(st["cuda"])
+        for k, (o, a) in st["loaders"].items(): self.loaders[k]._order_gen.set_state(o); self.loaders[k]._aug_gen.set_state(a)
+
+    def checkpoint(self):
+        "After a step: its model state, then (atomically) the checkpoint that makes it resumable."
+        k = self.n_steps - 1
+        self.run.save_torch(f"states/step-{k}.pt", self.model.state_dict())
+        self.run.save_torch("checkpoint.pt", dict(n_steps=k + 1, events=[e for e in self.events if e["event"] != "Progress"],
+                                                  rng=self.rng_state(), epochs=self.epochs, bits=get_bits(self.model),
+                                                  elapsed_s=time.perf_counter() - self.t0))
+
+    def end_replay(self, ck:dict):
+        "The last recorded step was replayed: continue live from its checkpoint."
+        self.replay = []
+        set_bits_(self.model, ck["bits"])
+        self.model.load_state_dict(self.run.load_torch(f"states/step-{ck['n_steps']-1}.pt"))
+        self.set_rng_state(ck["rng"]); self.epochs = ck["epochs"]
 
     # --- budget --------------------------------------------------------------------------------
     @property
@@ -333,6 +405,33 @@ class SearchResult:
         return "\n".join(lines)
 
 # %% ../nbs/08_search.ipynb #5cad6a91
+EVENTS = {c.__name__: c for c in (RunStarted, PhaseStarted, Progress, StepFinished, RunFinished)}
+
+def _event_from_dict(d:dict) -> Event:
+    "Rebuild an event from its JSON form."
+    d = dict(d); cls = EVENTS[d.pop("event")]
+    return cls(**{k: v for k, v in d.items() if k in {f.name for f in fields(cls)}})
+
+_VOLATILE = {"device", "ours"}   # may differ between the first run and its resume
+
+def _check_resumable(run:RunDir, conf:dict) -> dict:
+    "Checkpoint of an interrupted run, after checking it belongs to the same search."
+    saved = run.read_json("config.json")
+    a = {k: v for k, v in to_jsonable(conf).items() if k not in _VOLATILE}
+    b = {k: v for k, v in saved.items() if k not in _VOLATILE}
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff: raise SQError(f"run {run.name} was started with other settings ({', '.join(diff[:5])} differ)",
+                           "resume with the same flags, or start a new run")
+    ck = dict(n_steps=0, events=[], reference=None)
+    if (run.path/"checkpoint.pt").exists():
+        try: ck = run.load_torch("checkpoint.pt")
+        except Exception as e: raise SQError(f"checkpoint of run {run.name} is corrupt ({e.__class__.__name__})", "start a new run") from None
+    if (run.path/"reference.json").exists() and (run.path/"reference.pt").exists():
+        ck["reference"] = run.read_json("reference.json")
+        if not ck["events"]: ck["events"] = [e for e in run.events() if e["event"] == "RunStarted"][:1]
+    else: ck.update(n_steps=0, events=[], reference=None)
+    return ck
+
 def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
     raw, s = ctx.sigmas(getattr(ctx.cfg, "sigma_norm", "minmax"))
     _, kl = ctx.kl(bits, getattr(ctx.cfg, "kl_norm", "kl2"))
@@ -348,38 +447,69 @@ def search(model:nn.Module, # Trained float model (left unchanged)
            out_dir=None, # Write a run record under this folder
            name:str|None=None, # Run name
            progress:bool=False, # tqdm bars for QAT
-           meta:dict|None=None # Extra facts for config.json (e.g. model_name for `get_model`)
+           meta:dict|None=None, # Extra facts for config.json (e.g. model_name for `get_model`)
+           resume:bool=False # Continue the interrupted run `out_dir/name` from its last completed step
           ) -> SearchResult:
     "Run the search method `cfg` names on `model` and `data`."
     strat = strategy_for(cfg)
     cfg.budget.check_reachable(cfg.bits)
     strat.validate(model, data)
-    run = RunDir.create(out_dir, name, prefix=strat.name) if out_dir is not None else None
-    ctx = None
+    if resume and (out_dir is None or name is None): raise SQError("resume needs the run's folder and name", "pass out_dir and name (CLI: --out and --resume NAME)")
+    run = (RunDir.open_partial(out_dir, name) if resume else RunDir.create(out_dir, name, prefix=strat.name)) if out_dir is not None else None
+    ctx, ck = None, None
     try:
-        ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress)
         conf = dict(method=strat.name, **cfg.to_dict(), ours=strat.ours, data=getattr(data, "name", "?"),
                     model=type(model).__name__, num_classes=getattr(data, "num_classes", None),
                     in_shape=list(getattr(data, "in_shape", ()) or ()), **(meta or {}))
-        if run is not None:
+        if resume: ck = _check_resumable(run, conf)
+        ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress)
+        if run is not None and not resume:
             run.write_json("config.json", conf)
             run.write_json("manifest.json", dict(name=run.name, method=strat.name, status="RUNNING", started=time.time(),
                                                  data=conf["data"], model=conf["model"], budget=to_jsonable(cfg.budget)))
-        ref = ctx.build_reference()
-        ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, str(run.final_path) if run else None))
+            run.save_torch("float.pt", model.state_dict())
+        if ck is not None and ck.get("reference") is not None:      # resume: the reference is on disk
+            ctx.ref, ctx.ref_snapshot = ck["reference"], dict(bits={n: 8 for n in ctx.layers}, state=StateRef(run.path/"reference.pt", "state"))
+            run.rewrite_events(ck["events"])
+            ctx.replay = [e for e in ck["events"] if e["event"] == "StepFinished"]
+            ctx.t0 -= ck.get("elapsed_s", 0.0)
+            if not ctx.replay:                      # killed before the first step: continue right after the reference
+                ref_ck = run.load_torch("reference.pt"); ctx.set_rng_state(ref_ck["rng"]); ctx.epochs = ref_ck["epochs"]
+            ctx.events = [] if ctx.replay else list(ck["events"])
+            if ctx.on_event is not None: ctx.on_event(_event_from_dict(ck["events"][0]))
+        else:
+            if run is not None and resume: run.rewrite_events([])
+            ref = ctx.build_reference()
+            if run is not None: run.save_torch("reference.pt", dict(state=ctx.ref_snapshot["state"], rng=ctx.rng_state(), epochs=ctx.epochs))
+            ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, str(run.final_path) if run else None))
         gen = strat.steps(ctx)
         while True:
             try: ev = next(gen)
             except StopIteration as stop: choice = stop.value; break
+            if ctx.replaying:                       # a recorded event: check the replay agrees, do not record again
+                if isinstance(ev, StepFinished):
+                    rec = ctx.replay[0]
+                    if dict(ev.bits) != rec["bits"]:
+                        raise SQError(f"run {run.name} cannot be resumed: replay diverged at step {ctx.n_steps} ({ev.bits} vs {rec['bits']})",
+                                      "the code or config changed since the run started; start a new run")
+                    ctx.events.append(rec)
+                    if ctx.on_event is not None: ctx.on_event(ev)
+                    ctx.replay.pop(0)
+                    if not ctx.replay: ctx.events = list(ck["events"]); ctx.end_replay(ck)
+                elif ctx.on_event is not None: ctx.on_event(ev)
+                continue
             ctx.emit(ev)
-            if run is not None and isinstance(ev, StepFinished):
-                run.save_torch("checkpoint.pt", dict(step=len(run.events()), **ctx.snapshot()))
+            if run is not None and isinstance(ev, StepFinished): ctx.checkpoint()
+        if ctx.replaying: raise SQError(f"run {run.name} cannot be resumed: the search stopped before its recorded steps",
+                                        "the code or config changed since the run started; start a new run")
         status = choice.status
     except Cancelled:
         choice = Choice("CANCELLED", get_bits(ctx.model), reason="cancelled by the user")
         status = "CANCELLED"
     except BaseException:
-        if run is not None: run.abort()
+        if run is not None:
+            if resume: run.unlock()       # keep the interrupted run resumable
+            else: run.abort()
         raise
     if choice.state is not None: ctx.restore(dict(bits=choice.bits, state=choice.state))
     else: set_bits_(ctx.model, choice.bits)

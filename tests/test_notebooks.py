@@ -18,7 +18,9 @@ def test_export_in_sync(tmp_path):
         files = [str(p.relative_to(ROOT)) for d in ("nbs", "sigmaquant_lab") for p in (ROOT/d).rglob("*") if p.is_file()]
         files += ["pyproject.toml", "settings.ini", "README.md"]
     for f in files:
-        if "__pycache__" in f: continue
+        # the library is regenerated from scratch (only __init__.py, which holds the version, is kept), so a
+        # stale or hand-written module in sigmaquant_lab/ shows up as a difference
+        if "__pycache__" in f or (f.startswith("sigmaquant_lab/") and f != "sigmaquant_lab/__init__.py"): continue
         dst = tmp_path/f; dst.parent.mkdir(parents=True, exist_ok=True); shutil.copy2(ROOT/f, dst)
     r = subprocess.run([str(BIN/"nbdev-export")], cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
