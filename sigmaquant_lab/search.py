@@ -190,6 +190,7 @@ class SearchContext:
                         for s in ("train", "val", "test")}
         self.events, self.epochs, self.t0, self._last_progress = [], 0, time.perf_counter(), 0.0
         self.replay:list[dict] = []    # recorded StepFinished events still to replay (resume)
+        self._measured:dict = {}         # `recorded` values waiting for the next StepFinished
         self.ref: dict = {}
         self.pinned = self._pins()
         # one shape pass on a meta-device copy: no arithmetic, any model size
@@ -347,8 +348,18 @@ class SearchContext:
         for k, v in self.over(costs).items(): d += v / getattr(b, k)
         return d
 
+    def recorded(self, key:str, fn:Callable):
+        "`fn()` computed live and recorded with the next step, or read back from the record when replaying."
+        if self.replaying:
+            m = self.replay[0]["extra"].get("measured", {})
+            if key not in m: raise SQError(f"the run record has no measurement {key!r} to replay", "the code changed since the run started; start a new run")
+            return m[key]
+        v = to_jsonable(fn()); self._measured[key] = v
+        return v
+
     def step_event(self, phase, step, bits, acc, costs, decision, kl=None, **extra) -> StepFinished:
-        "Build a StepFinished with timing filled in."
+        "Build a StepFinished with timing filled in (and any `recorded` measurements attached)."
+        if self._measured: extra = {**extra, "measured": self._measured}; self._measured = {}
         return StepFinished(phase=phase, step=step, bits=dict(bits), acc=acc, costs=costs, decision=decision,
                             wall_s=time.perf_counter() - self.t0, epochs=self.epochs,
                             kl=[] if kl is None else [float(x) for x in kl], extra=extra)
