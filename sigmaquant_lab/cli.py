@@ -21,7 +21,7 @@ from .search import search, SearchResult, PhaseStarted, Progress, StepFinished, 
 from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
-__all__ = ['float_model', 'ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'main']
+__all__ = ['float_model', 'ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'cmd_export', 'main']
 
 # %% ../nbs/15_cli.ipynb #120b6b7a
 def float_model(data, # DataBundle
@@ -35,7 +35,7 @@ def float_model(data, # DataBundle
     check_model_input(model, data.in_shape)
     if weights is not None:
         try: sd = torch.load(weights, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e: raise SQError(f"cannot load weights {weights} ({e.__class__.__name__})", "pass a state_dict saved with torch.save") from None
+        except Exception as e: raise SQError(f"cannot load weights {weights} ({e.__class__.__name__})", "pass a state_dict saved with torch.save") from None
         try: model.load_state_dict(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
         except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
         return model
@@ -49,8 +49,11 @@ def float_model(data, # DataBundle
            TrainConfig(epochs=epochs, lr=lr, schedule="onecycle"), progress=progress, desc="fp32")
     model.cpu()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        import io as _io; buf = _io.BytesIO(); torch.save(model.state_dict(), buf); atomic_write(path, buf.getvalue())
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            import io as _io; buf = _io.BytesIO(); torch.save(model.state_dict(), buf); atomic_write(path, buf.getvalue())
+        except OSError as e:   # a cache is a convenience: a full or read-only disk only costs the next run a retrain
+            print(f"sigmaquant-lab: note: FP32 model not cached ({e.strerror or e})", file=sys.stderr)
     return model
 
 # %% ../nbs/15_cli.ipynb #fa3c7c5d
@@ -127,7 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="NAME", default=None,
                    help="continue the interrupted run NAME in --out from its last completed step (its saved settings are used)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
-    l = sub.add_parser("runs", help="list run records", description="List the run records in a folder.")
+    e = sub.add_parser("export", help="pack a finished run's weights at their real widths (and ONNX)",
+                       description="Write <run>/model.packed.safetensors: integer weights bit-packed at their widths, per-channel "
+                                   "scales and a JSON header; report its size against the size the search reported. With --onnx also "
+                                   "write a QuantizeLinear/DequantizeLinear ONNX graph and check it with onnxruntime on test images.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("run", help="run name (in --out) or path to a finished run folder")
+    e.add_argument("--out", default="runs", help="folder holding run records")
+    e.add_argument("--onnx", action="store_true", help="also export model.onnx and check it with onnxruntime")
+    e.add_argument("--opset", type=int, default=None, help="ONNX opset (21: INT4 weights where <= 4 bits; 25: INT2 too)")
+    l = sub.add_parser("runs", help="list and compare run records",
+                       description="List the run records in a folder: method, budget (max accuracy drop / size / energy), status, "
+                                   "accuracy, size and energy as fractions of INT8, wall time. Interrupted runs show as INTERRUPTED.")
+    l.add_argument("names", nargs="*", help="only these runs")
     l.add_argument("--out", default="runs", help="folder holding run records")
     return p
 
@@ -208,20 +223,49 @@ def cmd_runs(a, out=None) -> int:
     out = out or sys.stdout
     rows = list_runs(a.out)
     if not rows: print(f"no runs in {a.out}", file=out); return 0
-    hdr = f"{'name':<36} {'method':<11} {'status':<12} {'acc':>7} {'size':>7} {'wall s':>7}"
+    if a.names: rows = [r for r in rows if r.get("name") in a.names]
+    def pct(v, d=1): return "-" if v is None else f"{v*100:.{d}f}%"
+    def budget(b):
+        if not b: return "-"
+        s = f"-{b['max_acc_drop']*100:.1f}pt/{b['size_frac']:.0%}"
+        return s + (f"/E{b['energy_frac']:.0%}" if b.get("energy_frac") else "")
+    hdr = f"{'name':<32} {'method':<10} {'budget':<16} {'status':<12} {'val acc':>8} {'test acc':>8} {'size':>6} {'energy':>7} {'wall s':>7}"
     print(hdr, file=out); print("-"*len(hdr), file=out)
     for r in rows:
-        acc = f"{r['acc']:.2%}" if r.get("acc") is not None else "-"
-        size = f"{r['size_frac']:.1%}" if r.get("size_frac") is not None else "-"
+        status = r.get("status", "?") if r.get("finished") or r.get("status") != "RUNNING" else "INTERRUPTED"
         wall = f"{r['wall_s']:.1f}" if r.get("wall_s") is not None else "-"
-        print(f"{r.get('name','?')[:36]:<36} {r.get('method','?'):<11} {r.get('status','?'):<12} {acc:>7} {size:>7} {wall:>7}", file=out)
+        print(f"{r.get('name','?')[:32]:<32} {r.get('method','?'):<10} {budget(r.get('budget')):<16} {status:<12} {pct(r.get('acc'), 2):>8} "
+              f"{pct(r.get('test_acc'), 2):>8} {pct(r.get('size_frac')):>6} {pct(r.get('energy_frac')):>7} {wall:>7}", file=out)
+    return 0
+
+def cmd_export(a, out=None) -> int:
+    "Pack (and optionally ONNX-export) a finished run."
+    out = out or sys.stdout
+    from sigmaquant_lab.export import export_run, run_model, export_onnx, check_onnx
+    run = Path(a.run) if Path(a.run).is_dir() else Path(a.out)/a.run
+    if not run.is_dir() and (Path(a.out)/f"{a.run}.partial").is_dir():
+        raise SQError(f"run {a.run} has not finished", f"resume it first: sigmaquant-lab search --out {a.out} --resume {a.run}")
+    path, rep = export_run(run)
+    print(f"packed  {path}  {rep['file_bytes']:,} bytes", file=out)
+    if "run_size_bytes" in rep:
+        print(f"        the search reported {rep['run_size_bytes']:,.0f} weight bytes; file / reported = {rep['run_ratio']:.3f}", file=out)
+    if a.onnx:
+        model, cfg = run_model(run)
+        st = load_settings(a.settings)
+        data = get_data(cfg.get("data_arg") or cfg["data"], st, **({} if (cfg.get("data_arg") or cfg["data"]) == "digits" else {"progress": False}))
+        x = next(iter(data.loader("test", batch_size=256)))[0]
+        orep = export_onnx(model, run/"model.onnx", tuple(cfg["in_shape"]), opset=a.opset)
+        chk = check_onnx(run/"model.onnx", model, x)
+        print(f"onnx    {run/'model.onnx'}  opset {orep['opset']}, weight types {orep['weight_types']}", file=out)
+        print(f"        onnxruntime vs PyTorch on {len(x)} test images: max |diff| {chk['max_abs_diff']:.2e}, "
+              f"argmax agreement {chk['argmax_agree']:.1%}", file=out)
     return 0
 
 def main(argv=None) -> int:
     "Entry point of the `sigmaquant-lab` command."
     a = build_parser().parse_args(argv)
     try:
-        rc = {"search": cmd_search, "runs": cmd_runs}[a.cmd](a)
+        rc = {"search": cmd_search, "runs": cmd_runs, "export": cmd_export}[a.cmd](a)
     except SQError as e:
         print(f"sigmaquant-lab: error: {e}", file=sys.stderr); rc = 2
     if argv is None: sys.exit(rc)   # console script

@@ -82,7 +82,13 @@ class RunDir:
     @property
     def finished(self): return not self.path.name.endswith(PARTIAL)
 
-    def write_json(self, rel:str, obj): return atomic_write_json(self.path/rel, obj)
+    def _io(self, rel, fn):
+        "Run a write; a full disk or a vanished folder becomes a clear error (the caller removes the staging folder)."
+        try: return fn()
+        except OSError as e:
+            raise SQError(f"cannot write {self.path/rel}: {e.strerror or e}", "free disk space or choose another --out") from None
+
+    def write_json(self, rel:str, obj): return self._io(rel, lambda: atomic_write_json(self.path/rel, obj))
     def read_json(self, rel:str):
         try: return json.loads((self.path/rel).read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -90,8 +96,10 @@ class RunDir:
 
     def append_event(self, ev:dict):
         "Append one event as a JSON line and flush it to disk."
-        with open(self.path/"events.jsonl", "a") as f:
-            f.write(json.dumps(to_jsonable(ev)) + "\n"); f.flush(); os.fsync(f.fileno())
+        def w():
+            with open(self.path/"events.jsonl", "a") as f:
+                f.write(json.dumps(to_jsonable(ev)) + "\n"); f.flush(); os.fsync(f.fileno())
+        self._io("events.jsonl", w)
 
     def events(self) -> list[dict]:
         "Every complete event line (a torn last line from a kill is ignored)."
@@ -105,13 +113,14 @@ class RunDir:
 
     def save_torch(self, rel:str, obj):
         "torch.save atomically."
-        (self.path/rel).parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path/f".{rel.replace('/', '_')}.{os.getpid()}.tmp"
-        try:
+        def w():
+            (self.path/rel).parent.mkdir(parents=True, exist_ok=True)
             torch.save(obj, tmp)
             with open(tmp, "rb") as f: os.fsync(f.fileno())
             fault("save_torch:" + rel)
             os.replace(tmp, self.path/rel)
+        try: self._io(rel, w)
         finally:
             if tmp.exists(): tmp.unlink()
 
@@ -119,7 +128,7 @@ class RunDir:
 
     def rewrite_events(self, events:list[dict]):
         "Replace the event log atomically (on resume, with the checkpoint's events)."
-        atomic_write(self.path/"events.jsonl", "".join(json.dumps(to_jsonable(e)) + "\n" for e in events))
+        self._io("events.jsonl", lambda: atomic_write(self.path/"events.jsonl", "".join(json.dumps(to_jsonable(e)) + "\n" for e in events)))
 
     def finish(self):
         "Drop per-step states, release the lock and rename the staging directory to its final name."

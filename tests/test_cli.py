@@ -41,6 +41,11 @@ def test_main_job_prints_table_and_writes_record(tmp_path):
     assert f"status        {res['status']}" in out
     ls = run(["runs", "--out", str(tmp_path/"runs")], tmp_path)
     assert ls.returncode == 0 and "t " in ls.stdout and res["status"] in ls.stdout
+    # export: packed weights at their real widths, ONNX checked by onnxruntime
+    ex = run(["export", "t", "--out", str(tmp_path/"runs"), "--onnx"], tmp_path)
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    assert (run_dir/"model.packed.safetensors").stat().st_size > 0 and (run_dir/"model.onnx").exists()
+    assert "argmax agreement" in ex.stdout and "file / reported" in ex.stdout
 
 
 def _fails_clearly(r, *needles):

@@ -1,0 +1,119 @@
+"""The bad-input matrix: every kind of bad input gives one clear line naming the problem and the fix, and leaves
+nothing half-written. Kinds covered (file::test):
+
+ 1 unsupported layer (Conv1d/Embedding...)      nbs/01_quant, test_unsupported_and_no_quantizable_layers
+ 2 no quantizable layers                         nbs/01_quant, test_unsupported_and_no_quantizable_layers
+ 3 bit width outside 1..8 / the candidate set    test_cli::test_bad_input...[--bits 2,4,16], nbs/01_quant (set_bits_)
+ 4 infeasible budget (size below min bits)       test_cli [--size-frac 0.05]
+ 5 negative or >1 fractions                      test_cli [--size-frac 1.5], [--max-acc-drop -0.1]
+ 6 empty dataset folder                          test_cli::test_empty_and_corrupt_and_wrong_checksum_datasets
+ 7 corrupt image                                 test_cli (same test)
+ 8 wrong checksum                                test_cli (same test)
+ 9 wrong image size for the model                test_wrong_image_size_for_the_model
+10 NaN/inf loss                                  test_nan_loss_removes_the_run, nbs/06_train, nbs/08_search
+11 out of disk space (simulated)                 test_disk_full_during_a_search, nbs/07_runs
+12 non-writable output folder                    test_cli::test_unwritable_output_dir
+13 corrupt run directory                         test_resume::test_resume_refusals
+14 resume of a finished run                      test_resume::test_resume_refusals
+15 concurrent runs writing the same folder       test_resume::test_concurrent_runs_cannot_share_a_folder
+16 unknown model name                            test_cli [--model no_such_net]
+17 CUDA asked for on a CPU machine               test_cli [--device cuda:0]
+18 bad settings.ini value                        test_cli::test_bad_settings_value
+19 interrupted export                            tests/test_export.py, nbs/11_export
+20 missing dataset path                          test_cli [--data /nonexistent/imagefolder]
+21 malformed --bits                              test_cli [--bits two]
+22 negative epochs, pin outside the set          test_cli [--e1 -1], [--pin-first-last 5]
+23 weights file that does not fit the model      test_weights_that_do_not_fit
+24 a --data .zip that is not a zip               test_not_a_zip
+25 unknown search method / KL / σ normalisation  test_unknown_method_and_normalisations
+"""
+import errno, os, subprocess, sys
+from dataclasses import replace
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn as nn
+
+from sigmaquant_lab.core import SQError, Budget
+from sigmaquant_lab.quant import quantize_
+from sigmaquant_lab.data import get_data
+from sigmaquant_lab.search import search, FixedBitsConfig, SearchConfig, config_class_for
+from sigmaquant_lab.sigmaquant import SigmaQuantConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = str(Path(sys.executable).parent/"sigmaquant-lab")
+QUICK = ["--quiet", "--fp-epochs", "2", "--e1", "1", "--e2", "1", "--max-steps", "2"]
+
+
+def cli(args, cwd):
+    env = {**os.environ, "SIGMAQUANT_SETTINGS": str(ROOT/"settings.ini"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def one_clear_line(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    lines = [l for l in r.stderr.splitlines() if l.startswith("sigmaquant-lab: error:")]
+    assert len(lines) == 1 and "fix:" in lines[0], r.stderr
+    for n in needles: assert n in lines[0], lines[0]
+
+
+def nothing_written(out): assert not out.exists() or not [p for p in out.iterdir()], list(out.iterdir())
+
+
+def test_unsupported_and_no_quantizable_layers():
+    with pytest.raises(SQError, match="emb \\(Embedding\\)"): quantize_(nn.Sequential(nn.Linear(2, 2), nn.Embedding(4, 2)).__class__(**{}) if False else _with_embedding())
+    with pytest.raises(SQError, match="no Conv2d or Linear"): quantize_(nn.Sequential(nn.ReLU()))
+
+
+def _with_embedding():
+    m = nn.Module(); m.fc = nn.Linear(2, 2); m.emb = nn.Embedding(4, 2); return m
+
+
+def test_wrong_image_size_for_the_model(tmp_path):
+    r = cli(["search", *QUICK, "--model", "vgg11", "--out", str(tmp_path/"runs")], tmp_path)
+    one_clear_line(r, "vgg11", "(1, 8, 8)")
+    nothing_written(tmp_path/"runs")
+
+
+def test_nan_loss_removes_the_run(tmp_path):
+    r = cli(["search", *QUICK, "--lr", "1e30", "--out", str(tmp_path/"runs")], tmp_path)
+    one_clear_line(r, "loss became", "--lr")
+    nothing_written(tmp_path/"runs")
+
+
+def test_disk_full_during_a_search(tmp_path):
+    data = get_data("digits").subset(200)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4*6*6, 10))
+    cfg = FixedBitsConfig(w_bits=4, e1=1, int8_epochs=0, calib_batches=1, budget=Budget(1.0, 1.0), device="cpu")
+    real, calls = os.replace, {"n": 0}
+    def flaky(a, b):
+        calls["n"] += 1
+        if calls["n"] > 4: raise OSError(errno.ENOSPC, "No space left on device")
+        return real(a, b)
+    with mock.patch("os.replace", flaky):
+        with pytest.raises(SQError, match="No space left on device.*free disk space"):
+            search(net, data, cfg, out_dir=tmp_path/"runs", name="full")
+    nothing_written(tmp_path/"runs")
+
+
+def test_weights_that_do_not_fit(tmp_path):
+    torch.save(nn.Linear(3, 3).state_dict(), tmp_path/"w.pt")
+    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"w.pt"), "--out", str(tmp_path/"runs")], tmp_path), "do not fit")
+    (tmp_path/"junk.pt").write_text("not a checkpoint")
+    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"junk.pt"), "--out", str(tmp_path/"runs")], tmp_path), "cannot load weights")
+    nothing_written(tmp_path/"runs")
+
+
+def test_not_a_zip(tmp_path):
+    z = tmp_path/"data.zip"; z.write_text("definitely not a zip")
+    one_clear_line(cli(["search", *QUICK, "--data", str(z), "--out", str(tmp_path/"runs")], tmp_path), "data.zip")
+    nothing_written(tmp_path/"runs")
+
+
+def test_unknown_method_and_normalisations():
+    with pytest.raises(SQError, match="search method 'magic'"): config_class_for("magic")
+    with pytest.raises(SQError, match="kl_norm 'cos'"): SigmaQuantConfig(kl_norm="cos")
+    with pytest.raises(SQError, match="sigma_norm 'l2'"): SigmaQuantConfig(sigma_norm="l2")
+    with pytest.raises(SQError, match="mac='fp16'"): SigmaQuantConfig(mac="fp16")
