@@ -15,46 +15,13 @@ from tqdm.auto import tqdm
 from .core import SQError, load_settings, seed_everything, resolve_device, atomic_write
 from .data import get_data
 from .models import get_model, check_model_input
-from .train import TrainConfig, train_, evaluate
+from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
 from .search import search, SearchResult, PhaseStarted, Progress, StepFinished, RunFinished, RunStarted
 from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
-__all__ = ['float_model', 'ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'cmd_export', 'main']
-
-# %% ../nbs/15_cli.ipynb #120b6b7a
-def float_model(data, # DataBundle
-                model_name:str, # Model name for `get_model`
-                *, weights:str|None=None, # Path to a float state_dict to load instead of training
-                epochs:int=15, lr:float=0.05, batch_size:int=128, seed:int=0, device="cpu",
-                cache_dir:str|Path|None=None, progress:bool=True):
-    "A trained float model: loaded, cached, or trained now."
-    seed_everything(seed)
-    model = get_model(model_name, data.num_classes, data.in_shape)
-    check_model_input(model, data.in_shape)
-    if weights is not None:
-        try: sd = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e: raise SQError(f"cannot load weights {weights} ({e.__class__.__name__})", "pass a state_dict saved with torch.save") from None
-        try: model.load_state_dict(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
-        except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
-        return model
-    key = f"fp32-{data.name}-{model_name}-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
-    path = Path(cache_dir)/key if cache_dir is not None else None
-    if path is not None and path.exists():
-        try: model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)); return model
-        except Exception: pass   # a stale cache entry is simply retrained
-    dev = resolve_device(device); model.to(dev)
-    train_(model, data.loader("train", batch_size=batch_size, device=dev, seed=seed),
-           TrainConfig(epochs=epochs, lr=lr, schedule="onecycle"), progress=progress, desc="fp32")
-    model.cpu()
-    if path is not None:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            import io as _io; buf = _io.BytesIO(); torch.save(model.state_dict(), buf); atomic_write(path, buf.getvalue())
-        except OSError as e:   # a cache is a convenience: a full or read-only disk only costs the next run a retrain
-            print(f"sigmaquant-lab: note: FP32 model not cached ({e.strerror or e})", file=sys.stderr)
-    return model
+__all__ = ['ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'cmd_export', 'main']
 
 # %% ../nbs/15_cli.ipynb #fa3c7c5d
 class ConsoleReporter:

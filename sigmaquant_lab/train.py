@@ -15,11 +15,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .core import SQError, Cancelled, resolve_device
+import sys
+from pathlib import Path
+from .core import SQError, Cancelled, resolve_device, seed_everything, atomic_write
 from .quant import observing
+from .models import get_model, check_model_input
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'make_optimizer', 'make_scheduler', 'evaluate', 'train_', 'calibrate_']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'make_optimizer', 'make_scheduler', 'evaluate', 'train_', 'calibrate_',
+           'float_model']
 
 # %% ../nbs/06_train.ipynb #64fc365a
 OPTIMIZERS, SCHEDULES = ("sgd", "adam"), ("cosine", "onecycle", "constant")
@@ -134,4 +138,37 @@ def calibrate_(model:nn.Module, # Quantized (or float) model, changed in place
     for m, mo in zip(bns, moms): m.momentum = mo
     model.train(was)
     if n == 0: raise SQError("no calibration batches: the training split is empty", "use a dataset with training images")
+    return model
+
+# %% ../nbs/06_train.ipynb #600701cd
+def float_model(data, # DataBundle
+                model_name:str, # Model name for `get_model`
+                *, weights:str|None=None, # Path to a float state_dict to load instead of training
+                epochs:int=15, lr:float=0.05, batch_size:int=128, seed:int=0, device="cpu",
+                cache_dir:str|Path|None=None, progress:bool=True):
+    "A trained float model: loaded, cached, or trained now."
+    seed_everything(seed)
+    model = get_model(model_name, data.num_classes, data.in_shape)
+    check_model_input(model, data.in_shape)
+    if weights is not None:
+        try: sd = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as e: raise SQError(f"cannot load weights {weights} ({e.__class__.__name__})", "pass a state_dict saved with torch.save") from None
+        try: model.load_state_dict(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
+        except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
+        return model
+    key = f"fp32-{data.name}-{model_name}-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
+    path = Path(cache_dir)/key if cache_dir is not None else None
+    if path is not None and path.exists():
+        try: model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)); return model
+        except Exception: pass   # a stale cache entry is simply retrained
+    dev = resolve_device(device); model.to(dev)
+    train_(model, data.loader("train", batch_size=batch_size, device=dev, seed=seed),
+           TrainConfig(epochs=epochs, lr=lr, schedule="onecycle"), progress=progress, desc="fp32")
+    model.cpu()
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            import io as _io; buf = _io.BytesIO(); torch.save(model.state_dict(), buf); atomic_write(path, buf.getvalue())
+        except OSError as e:   # a cache is a convenience: a full or read-only disk only costs the next run a retrain
+            print(f"sigmaquant-lab: note: FP32 model not cached ({e.strerror or e})", file=sys.stderr)
     return model

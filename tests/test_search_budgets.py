@@ -7,7 +7,7 @@ import torch
 
 from sigmaquant_lab.core import Budget
 from sigmaquant_lab.data import get_data
-from sigmaquant_lab.cli import float_model
+from sigmaquant_lab.train import float_model
 from sigmaquant_lab.search import search
 from sigmaquant_lab.sigmaquant import SigmaQuantConfig
 
