@@ -19,9 +19,12 @@ from .train import TrainConfig, train_, evaluate, float_model   # float_model re
 from .runs import list_runs
 from .search import search, SearchResult, PhaseStarted, Progress, StepFinished, RunFinished, RunStarted
 from .sigmaquant import SigmaQuantConfig
+# every search method registers itself on import: the CLI offers (and resumes) all of them
+import sigmaquant_lab.uniform, sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp
+from .search import STRATEGIES, config_class_for
 
 # %% auto #0
-__all__ = ['ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'cmd_export', 'main']
+__all__ = ['ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'cmd_export', 'cmd_report', 'main']
 
 # %% ../nbs/15_cli.ipynb #fa3c7c5d
 class ConsoleReporter:
@@ -75,8 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--size-frac", type=float, default=None, help="max weight size as a fraction of INT8")
     b.add_argument("--energy-frac", type=_floats, default=None, help="max simulated energy as a fraction of INT8 (optional)")
     b.add_argument("--latency-frac", type=_floats, default=None, help="max simulated latency as a fraction of INT8 (optional)")
+    b.add_argument("--bops-frac", type=_floats, default=None, help="max BOPs (w_bits·a_bits·MACs) as a fraction of INT8; searches activation bits too (optional)")
     q = s.add_argument_group("search")
+    q.add_argument("--method", default="sigmaquant", choices=sorted(c.name for c in STRATEGIES.values() if c.name != "fixed"),
+                   help="search method: SigmaQuant or a baseline, all measured with the same quantizer and QAT recipe")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any field of the method's config, e.g. --set w_bits=4 (uniform) or --set lambda_step=0.2; repeatable")
     q.add_argument("--bits", default=None, help="candidate weight widths, e.g. 2,4,6,8")
+    q.add_argument("--act-bits", default=None, help="candidate activation widths for a BOPs search (default: --bits)")
     q.add_argument("--quantizer", choices=["minmax", "lsq"], default=None, help="weight/activation quantizer")
     q.add_argument("--fp-epochs", type=int, default=None, help="epochs to train the float model when no --weights")
     q.add_argument("--int8-epochs", type=int, default=None, help="QAT epochs of the INT8 reference")
@@ -94,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="runs", help="folder for run records")
     r.add_argument("--name", default=None, help="run name (default: method-timestamp)")
     r.add_argument("--no-record", action="store_true", help="do not write a run record")
+    r.add_argument("--no-report", action="store_true", help="do not write the run's HTML report (report.html)")
     r.add_argument("--resume", metavar="NAME", default=None,
                    help="continue the interrupted run NAME in --out from its last completed step (its saved settings are used)")
     r.add_argument("--quiet", action="store_true", help="no progress output")
@@ -106,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", default="runs", help="folder holding run records")
     e.add_argument("--onnx", action="store_true", help="also export model.onnx and check it with onnxruntime")
     e.add_argument("--opset", type=int, default=None, help="ONNX opset (21: INT4 weights where <= 4 bits; 25: INT2 too)")
+    h = sub.add_parser("report", help="write a run's self-contained HTML report",
+                       description="Write <run>/report.html: summary, per-layer table, σ clusters, KL heatmap, bit allocation, "
+                                   "simulated energy/latency and the search trajectory, with Bokeh's JavaScript inlined.")
+    h.add_argument("run", help="run name (in --out) or path to a finished run folder")
+    h.add_argument("--out", default="runs", help="folder holding run records")
     l = sub.add_parser("runs", help="list and compare run records",
                        description="List the run records in a folder: method, budget (max accuracy drop / size / energy), status, "
                                    "accuracy, size and energy as fractions of INT8, wall time. Interrupted runs show as INTERRUPTED.")
@@ -114,6 +129,28 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/15_cli.ipynb #7ba393b5
+def _sets(cls, items:list) -> dict:
+    "Typed config overrides from `--set KEY=VALUE` flags."
+    from dataclasses import fields, MISSING
+    fs = {f.name: f for f in fields(cls)}
+    out = {}
+    for it in items:
+        k, eq, v = it.partition("=")
+        if not eq or k not in fs:
+            raise SQError(f"--set {it!r} does not name a field of {cls.__name__}", f"use KEY=VALUE with KEY one of {', '.join(sorted(fs))}")
+        d = fs[k].default
+        try:
+            if v.lower() in ("none", ""): out[k] = None
+            elif isinstance(d, bool): out[k] = v.lower() in ("1", "true", "yes", "on")
+            elif isinstance(d, int): out[k] = int(v)
+            elif isinstance(d, float): out[k] = float(v)
+            elif isinstance(d, tuple): out[k] = tuple(int(x) for x in v.split(","))
+            elif d is None or d is MISSING: out[k] = float(v) if "." in v else int(v) if v.lstrip("-").isdigit() else v
+            else: out[k] = v
+        except ValueError:
+            raise SQError(f"--set {it!r}: {v!r} is not a valid {type(d).__name__}", f"give {k} as a {type(d).__name__}") from None
+    return out
+
 def _bits(s):
     try: return tuple(int(x) for x in s.split(","))
     except ValueError: raise SQError(f"--bits {s!r} is not a comma-separated list of integers", "write e.g. --bits 2,4,6,8") from None
@@ -147,18 +184,24 @@ def cmd_search(a, out=None) -> int:
     budget_kw = dict(max_acc_drop=a.max_acc_drop if a.max_acc_drop is not None else st.float("search", "max_acc_drop"),
                      size_frac=a.size_frac if a.size_frac is not None else st.float("search", "size_frac"),
                      energy_frac=a.energy_frac if a.energy_frac is not None else st.optfloat("search", "energy_frac"),
-                     latency_frac=a.latency_frac if a.latency_frac is not None else st.optfloat("search", "latency_frac"))
+                     latency_frac=a.latency_frac if a.latency_frac is not None else st.optfloat("search", "latency_frac"),
+                     bops_frac=a.bops_frac if a.bops_frac is not None else st.optfloat("search", "bops_frac"))
     from sigmaquant_lab.core import Budget
     budget = Budget(**budget_kw)
-    base = SigmaQuantConfig.from_settings(st)
+    base = config_class_for(a.method).from_settings(st)
     from dataclasses import replace
     over = dict(budget=budget, seed=seed, device=device, bits=_bits(a.bits) if a.bits else None, e1=a.e1, e2=a.e2,
+                act_bits=_bits(a.act_bits) if a.act_bits else None,
                 int8_epochs=a.int8_epochs, rounds1=a.rounds1, max_steps=a.max_steps, batch_size=a.batch_size,
                 pin_first_last=a.pin_first_last,
                 quant=replace(base.quant, quantizer=a.quantizer) if a.quantizer else None,
                 train=replace(base.train, lr=a.lr) if a.lr else None)
-    cfg = replace(base, **{k: v for k, v in over.items() if v is not None})
-    cfg.budget.check_reachable(cfg.bits)           # fail before loading data or training anything
+    from dataclasses import fields as _fields
+    names = {f.name for f in _fields(base)}
+    bad = [k for k, v in over.items() if v is not None and k not in names]
+    if bad: raise SQError(f"--{bad[0].replace('_', '-')} does not apply to --method {a.method}", f"drop it, or see `--set` for {type(base).__name__}'s fields")
+    cfg = replace(base, **{k: v for k, v in over.items() if v is not None}, **_sets(type(base), a.set))
+    cfg.budget.check_reachable(cfg.bits, cfg.act_bits)   # fail before loading data or training anything
     if not a.no_record:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out)
     dkw = {} if a.data.lower() == "digits" else dict(progress=not a.quiet, **({"image_size": a.image_size} if a.image_size else {}),
@@ -180,9 +223,13 @@ def _run_search(a, out, cfg, data, model, meta) -> int:
     finally:
         if old is not None: signal.signal(signal.SIGINT, old)
     b = cfg.budget
-    extra = "".join(f", {k.split('_')[0]} <= {v:.0%} of INT8" for k, v in (("energy_frac", b.energy_frac), ("latency_frac", b.latency_frac)) if v)
-    print(f"\nSigmaQuant on {data.name} / {meta['model_name']}: budget acc drop <= {b.max_acc_drop*100:.2f} pt, size <= {b.size_frac:.0%} of INT8{extra}\n", file=out)
+    extra = "".join(f", {k.split('_')[0]} <= {v:.0%} of INT8" for k, v in (("energy_frac", b.energy_frac), ("latency_frac", b.latency_frac),
+                                                                             ("bops_frac", b.bops_frac)) if v)
+    print(f"\n{res.method} on {data.name} / {meta['model_name']}: budget acc drop <= {b.max_acc_drop*100:.2f} pt, size <= {b.size_frac:.0%} of INT8{extra}\n", file=out)
     print(res.table(), file=out); print(file=out); print(res.summary(), file=out)
+    if res.run_dir and res.status != "CANCELLED" and not a.no_report:
+        from sigmaquant_lab.report import write_report
+        print(f"report        {write_report(res.run_dir)}", file=out)
     return {"OK": 0, "BEST_EFFORT": 0, "INFEASIBLE": 3, "CANCELLED": 130}[res.status]
 
 def cmd_runs(a, out=None) -> int:
@@ -209,9 +256,7 @@ def cmd_export(a, out=None) -> int:
     "Pack (and optionally ONNX-export) a finished run."
     out = out or sys.stdout
     from sigmaquant_lab.export import export_run, run_model, export_onnx, check_onnx
-    run = Path(a.run) if Path(a.run).is_dir() else Path(a.out)/a.run
-    if not run.is_dir() and (Path(a.out)/f"{a.run}.partial").is_dir():
-        raise SQError(f"run {a.run} has not finished", f"resume it first: sigmaquant-lab search --out {a.out} --resume {a.run}")
+    run = _run_path(a)
     path, rep = export_run(run)
     print(f"packed  {path}  {rep['file_bytes']:,} bytes", file=out)
     if "run_size_bytes" in rep:
@@ -228,11 +273,22 @@ def cmd_export(a, out=None) -> int:
               f"argmax agreement {chk['argmax_agree']:.1%}", file=out)
     return 0
 
+def _run_path(a) -> Path:
+    run = Path(a.run) if Path(a.run).is_dir() else Path(a.out)/a.run
+    if not run.is_dir() and (Path(a.out)/f"{a.run}.partial").is_dir():
+        raise SQError(f"run {a.run} has not finished", f"resume it first: sigmaquant-lab search --out {a.out} --resume {a.run}")
+    return run
+
+def cmd_report(a, out=None) -> int:
+    "Write a run's HTML report."
+    from sigmaquant_lab.report import write_report
+    print(write_report(_run_path(a)), file=out or sys.stdout); return 0
+
 def main(argv=None) -> int:
     "Entry point of the `sigmaquant-lab` command."
     a = build_parser().parse_args(argv)
     try:
-        rc = {"search": cmd_search, "runs": cmd_runs, "export": cmd_export}[a.cmd](a)
+        rc = {"search": cmd_search, "runs": cmd_runs, "export": cmd_export, "report": cmd_report}[a.cmd](a)
     except SQError as e:
         print(f"sigmaquant-lab: error: {e}", file=sys.stderr); rc = 2
     if argv is None: sys.exit(rc)   # console script

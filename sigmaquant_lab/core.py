@@ -111,7 +111,7 @@ DEFAULT_SETTINGS = {
     "data": dict(root="../shared/data", cache=".cache/sigmaquant-lab", cifar10_zip="cifar10-jpg.zip",
                  cifar10_sha256="d259035398b7bd0f2474baaa2a5fdd7119118bc52b30759b4892573c3d597412",
                  val_frac="0.2", batch_size="128", seed="0"),
-    "search": dict(bits="2,4,6,8", max_acc_drop="0.01", size_frac="0.35", energy_frac="", latency_frac="", mac="shift_add",
+    "search": dict(bits="2,4,6,8", act_bits="", max_acc_drop="0.01", size_frac="0.35", energy_frac="", latency_frac="", bops_frac="", mac="shift_add",
                    clusters="4", lambda0="0.0", lambda_step="0.1", rounds1="3", sigma_norm="minmax",
                    delta_acc="0.01", delta_size="0.05", kl_norm="kl2", bit_step="2", layers_per_step="2",
                    patience="3", max_steps="40"),
@@ -152,18 +152,25 @@ class Budget:
     size_frac:float=0.35 # Max weight size as a fraction of INT8
     energy_frac:float|None=None # Max simulated energy as a fraction of INT8 (optional)
     latency_frac:float|None=None # Max simulated latency as a fraction of INT8 (optional)
+    bops_frac:float|None=None # Max BOPs (Σ w_bits·a_bits·MACs) as a fraction of INT8's; activation bits are searched too (optional)
     def __post_init__(self):
         _check_frac("max_acc_drop", self.max_acc_drop, open_lo=False)
         _check_frac("size_frac", self.size_frac)
         _check_frac("energy_frac", self.energy_frac, hi=10.0)
         _check_frac("latency_frac", self.latency_frac, hi=10.0)
+        _check_frac("bops_frac", self.bops_frac)
 
-    def check_reachable(self, bits:Iterable[int]):
-        "Fail early when the size budget is below what the smallest candidate width can reach."
+    def check_reachable(self, bits:Iterable[int], act_bits:Iterable[int]|None=None):
+        "Fail early when the size (or BOPs) budget is below what the smallest candidate widths can reach."
         lo = min(check_bits(bits)) / 8
         if self.size_frac < lo - 1e-9:
             raise SQError(f"size budget {self.size_frac:.0%} of INT8 is infeasible: all layers at {min(bits)} bits "
                           f"still take {lo:.0%}", f"raise --size-frac to at least {lo:.3g} or add a smaller bit width")
+        if self.bops_frac is not None:
+            blo = lo * min(check_bits(act_bits or bits)) / 8
+            if self.bops_frac < blo - 1e-9:
+                raise SQError(f"BOPs budget {self.bops_frac:.1%} of INT8 is infeasible: the smallest widths still take {blo:.1%}",
+                              f"raise --bops-frac to at least {blo:.3g}")
         return self
 
 # %% ../nbs/00_core.ipynb #4ed2dc51

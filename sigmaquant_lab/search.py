@@ -16,8 +16,8 @@ import torch.nn as nn
 
 from .core import (SQError, Cancelled, Budget, check_bits, seed_everything, resolve_device,
                                  load_settings, to_jsonable)
-from .quant import QuantConfig, quantize_, set_bits_, get_bits, quant_layers, weight_size_bytes
-from .stats import layer_sigmas, kl_table, SIGMA_NORMS, KL_NORMS
+from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, weight_size_bytes
+from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
@@ -50,11 +50,12 @@ class Progress(Event):
 @dataclass(frozen=True)
 class StepFinished(Event):
     phase:str; step:int; bits:dict; acc:float; costs:dict; decision:str; wall_s:float; epochs:int
-    kl:list=field(default_factory=list); extra:dict=field(default_factory=dict)
+    kl:list=field(default_factory=list); extra:dict=field(default_factory=dict); a_bits:dict=field(default_factory=dict)
 
 @dataclass(frozen=True)
 class RunFinished(Event):
     status:str; bits:dict; acc:float; test_acc:float; costs:dict; wall_s:float; epochs:int; reason:str=""
+    a_bits:dict=field(default_factory=dict)
 
 STATUSES = ("OK", "BEST_EFFORT", "INFEASIBLE", "CANCELLED")
 
@@ -63,7 +64,8 @@ STATUSES = ("OK", "BEST_EFFORT", "INFEASIBLE", "CANCELLED")
 class SearchConfig:
     "Settings shared by every search method."
     bits:tuple=(2, 4, 6, 8) # Candidate weight widths
-    budget:Budget=Budget() # Accuracy/size (/energy/latency) targets vs INT8
+    budget:Budget=Budget() # Accuracy/size (/energy/latency/BOPs) targets vs INT8
+    act_bits:tuple|None=None # Candidate activation widths for a BOPs search (None = same as `bits`)
     quant:QuantConfig=QuantConfig() # Quantizer (w_bits is set by the search)
     train:TrainConfig=TrainConfig() # QAT recipe (epochs set per cycle)
     int8_epochs:int=1 # QAT epochs of the INT8 reference
@@ -78,6 +80,7 @@ class SearchConfig:
     hardware:HardwareConfig=HardwareConfig() # Hardware cost model constants (settings.ini [hardware])
     def __post_init__(self):
         object.__setattr__(self, "bits", check_bits(self.bits))
+        if self.act_bits is not None: object.__setattr__(self, "act_bits", check_bits(self.act_bits))
         if self.mac not in MAC_TYPES: raise SQError(f"mac={self.mac!r} is unknown", f"use one of {', '.join(MAC_TYPES)}")
         if not isinstance(self.budget, Budget): raise SQError(f"budget {self.budget!r} is not a Budget", "pass Budget(max_acc_drop=..., size_frac=...)")
         for k in ("int8_epochs", "e1", "e2", "calib_batches", "batch_size"):
@@ -94,7 +97,8 @@ class SearchConfig:
         pin = s.optint("quant", "pin_first_last")
         kw = dict(bits=tuple(s.ints("search", "bits")),
                   budget=Budget(s.float("search", "max_acc_drop"), s.float("search", "size_frac"),
-                                s.optfloat("search", "energy_frac"), s.optfloat("search", "latency_frac")),
+                                s.optfloat("search", "energy_frac"), s.optfloat("search", "latency_frac"), s.optfloat("search", "bops_frac")),
+                  act_bits=tuple(s.ints("search", "act_bits")) or None,
                   quant=QuantConfig(a_bits=s.int("quant", "a_bits"), quantizer=s.str("quant", "quantizer"),
                                     narrow_range=s.bool("quant", "narrow_range"), act_percentile=s.float("quant", "act_percentile")),
                   train=TrainConfig(lr=s.float("train", "lr"), optimizer=s.str("train", "optimizer"),
@@ -132,6 +136,10 @@ def _typed(s, sec, key, default):
     if isinstance(default, bool): return s.bool(sec, key)
     if isinstance(default, int): return s.int(sec, key)
     if isinstance(default, float): return s.float(sec, key)
+    if isinstance(default, tuple): return tuple(s.ints(sec, key))
+    if default is None:              # optional number: empty = None
+        r = s.raw(sec, key)
+        return None if r == "" else s.int(sec, key) if r.lstrip("-").isdigit() else s.float(sec, key)
     return s.str(sec, key)
 
 # %% ../nbs/08_search.ipynb #078558ad
@@ -160,7 +168,7 @@ def strategy_for(cfg:SearchConfig):
 @dataclass
 class Choice:
     "What a strategy returns when it stops: the bit map to keep and why."
-    status:str; bits:dict; state:dict|None=None; reason:str=""; extra:dict=field(default_factory=dict)
+    status:str; bits:dict; state:dict|None=None; reason:str=""; extra:dict=field(default_factory=dict); a_bits:dict|None=None
 
 # %% ../nbs/08_search.ipynb #524673e5
 @dataclass(frozen=True)
@@ -216,10 +224,16 @@ class SearchContext:
             self._last_progress = now; self.emit(Progress(**p))
 
     # --- measuring -----------------------------------------------------------------------------
-    def apply(self, bits:dict):
-        "Move the model to `bits` (pins win) and recalibrate BN and activation ranges."
+    @property
+    def act_candidates(self) -> tuple: return self.cfg.act_bits or self.cfg.bits
+    @property
+    def search_act(self) -> bool: return self.cfg.budget.bops_frac is not None
+
+    def apply(self, bits:dict, a_bits:dict|None=None):
+        "Move the model to `bits` (and activation widths `a_bits`; pins win) and recalibrate BN and activation ranges."
         bits = {**{n: bits[n] for n in self.layers}, **self.pinned}
         set_bits_(self.model, bits, candidates=self.cfg.bits)
+        if a_bits: set_bits_(self.model, a_bits, act=True)
         if not self.replaying: calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches)
         return bits
 
@@ -238,9 +252,10 @@ class SearchContext:
         if self.replaying and split == "val": return self.replay[0]["acc"]
         return evaluate(self.model, self.loaders[split], bf16=self.cfg.train.bf16)
 
-    def costs(self, bits:dict) -> dict:
-        "Size and simulated hardware costs of a bit map, absolute and as fractions of INT8."
+    def costs(self, bits:dict, a_bits:dict|None=None) -> dict:
+        "Size, BOPs and simulated hardware costs of a bit map (activation widths: `a_bits` or the model's), as fractions of INT8."
         if self.replaying: return self.replay[0]["costs"]
+        a_bits = a_bits or get_act_bits(self.model)
         b = np.array([bits[n] for n in self.layers], dtype=np.float64)
         size = float((self.params * b).sum() / 8)
         ref = float(self.params.sum())  # INT8 bytes
@@ -250,9 +265,10 @@ class SearchContext:
         iw = ({n: m.int_weight()[0].cpu() for n, m in ql.items()} if all(ql[n].w_bits == bits[n] for n in self.layers) else None)
         per = {}
         for mac in MAC_TYPES:
-            c = self.hw.costs(bits, int_weights=iw if mac == "shift_add" else None, mac=mac)
+            c = self.hw.costs(bits, a_bits=a_bits, int_weights=iw if mac == "shift_add" else None, mac=mac)
             per[mac] = dict(energy_pj=float(c.energy_pj), latency_us=float(c.latency_us), **{k: float(v) for k, v in c.vs_int8().items() if k != "size_frac"})
-        out.update(size_bytes_full=float(c.size_bytes_full), bops=float(c.bops), exact_cycles=iw is not None,
+        out.update(size_bytes_full=float(c.size_bytes_full), bops=float(c.bops), bops_frac=float(c.bops / (64 * self.hw.macs.sum())),
+                   exact_cycles=iw is not None,
                    **{k: per[self.cfg.mac][k] for k in ("energy_frac", "latency_frac", "area_frac")}, shift_add=per["shift_add"], int8_mac=per["int8"])
         return out
 
@@ -285,15 +301,41 @@ class SearchContext:
         col = {b: i for i, b in enumerate(self.cfg.bits)}
         return t, np.array([t[i, col[bits[n]]] if bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
 
+    def act_kl(self, a_bits:dict|None=None) -> np.ndarray:
+        "Normalised KL of each layer's input activations at its width (sampled on a calibration batch; recorded for replay)."
+        a_bits = a_bits or get_act_bits(self.model)
+        def measure():
+            ql, samples, hooks = quant_layers(self.model), {}, []
+            def hook(name):
+                def f(m, inp, out):
+                    x = inp[0].detach().float().flatten()
+                    samples[name] = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))[:16384].to(x.device)].cpu()
+                return f
+            for n in self.layers: hooks.append(ql[n].register_forward_hook(hook(n)))
+            try:
+                with torch.no_grad():
+                    was = self.model.training; self.model.eval()
+                    self.model(next(iter(self.loaders["val"]))[0])
+                    self.model.train(was)
+            finally:
+                for h in hooks: h.remove()
+            _, _, t = act_kl_table({n: samples[n] for n in self.layers}, self.act_candidates, self.cfg.quant.act_percentile)
+            return t
+        t = np.array(self.recorded("act_kl_table", measure))
+        col = {b: i for i, b in enumerate(self.act_candidates)}
+        return np.array([t[i, col[a_bits[n]]] if a_bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
+
     def snapshot(self) -> dict:
         "Bits + a CPU copy of the model state (to roll back to)."
         if self.replaying:   # the state of the step being replayed is on disk
-            return dict(bits=get_bits(self.model), state=StateRef(self.run.path/f"states/step-{self.n_steps}.pt"))
-        return dict(bits=get_bits(self.model), state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
+            return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model), state=StateRef(self.run.path/f"states/step-{self.n_steps}.pt"))
+        return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model),
+                    state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
 
     def restore(self, snap:dict):
         "Go back to a snapshot."
         set_bits_(self.model, snap["bits"])
+        if snap.get("a_bits"): set_bits_(self.model, snap["a_bits"], act=True)
         if not self.replaying: self.model.load_state_dict(_state(snap["state"]))
 
     # --- resume --------------------------------------------------------------------------------
@@ -319,12 +361,14 @@ class SearchContext:
         self.run.save_torch(f"states/step-{k}.pt", self.model.state_dict())
         self.run.save_torch("checkpoint.pt", dict(n_steps=k + 1, events=[e for e in self.events if e["event"] != "Progress"],
                                                   rng=self.rng_state(), epochs=self.epochs, bits=get_bits(self.model),
+                                                  a_bits=get_act_bits(self.model),
                                                   elapsed_s=time.perf_counter() - self.t0))
 
     def end_replay(self, ck:dict):
         "The last recorded step was replayed: continue live from its checkpoint."
         self.replay = []
         set_bits_(self.model, ck["bits"])
+        if ck.get("a_bits"): set_bits_(self.model, ck["a_bits"], act=True)
         self.model.load_state_dict(self.run.load_torch(f"states/step-{ck['n_steps']-1}.pt"))
         self.set_rng_state(ck["rng"]); self.epochs = ck["epochs"]
 
@@ -335,7 +379,7 @@ class SearchContext:
     def over(self, costs:dict) -> dict:
         "Which cost budgets a point exceeds: {name: amount over (fraction)}."
         b, out = self.cfg.budget, {}
-        for k, lim in (("size_frac", b.size_frac), ("energy_frac", b.energy_frac), ("latency_frac", b.latency_frac)):
+        for k, lim in (("size_frac", b.size_frac), ("energy_frac", b.energy_frac), ("latency_frac", b.latency_frac), ("bops_frac", b.bops_frac)):
             if lim is not None and k in costs and costs[k] > lim + 1e-9: out[k] = costs[k] - lim
         return out
 
@@ -357,12 +401,13 @@ class SearchContext:
         v = to_jsonable(fn()); self._measured[key] = v
         return v
 
-    def step_event(self, phase, step, bits, acc, costs, decision, kl=None, **extra) -> StepFinished:
+    def step_event(self, phase, step, bits, acc, costs, decision, kl=None, a_bits=None, **extra) -> StepFinished:
         "Build a StepFinished with timing filled in (and any `recorded` measurements attached)."
         if self._measured: extra = {**extra, "measured": self._measured}; self._measured = {}
         return StepFinished(phase=phase, step=step, bits=dict(bits), acc=acc, costs=costs, decision=decision,
                             wall_s=time.perf_counter() - self.t0, epochs=self.epochs,
-                            kl=[] if kl is None else [float(x) for x in kl], extra=extra)
+                            kl=[] if kl is None else [float(x) for x in kl], extra=extra,
+                            a_bits=dict(a_bits if a_bits is not None else get_act_bits(self.model)))
 
     # --- reference -----------------------------------------------------------------------------
     def build_reference(self):
@@ -385,6 +430,7 @@ class SearchResult:
     "What a search returns (and what its run record holds)."
     method:str; status:str; bits:dict; acc:float; test_acc:float; reference:dict; costs:dict
     layers:list; history:list; wall_s:float; epochs:int; reason:str=""; run_dir:str|None=None; config:dict=field(default_factory=dict)
+    a_bits:dict=field(default_factory=dict)
 
     @property
     def acc_drop(self) -> float: return self.reference["acc_val"] - self.acc
@@ -393,11 +439,13 @@ class SearchResult:
 
     def table(self) -> str:
         "Per-layer table: σ, cluster, bits, KL, params."
-        hdr = f"{'layer':<28} {'params':>9} {'sigma':>8} {'sigma_n':>7} {'cluster':>7} {'bits':>4} {'KL':>6}"
+        acts = len({l.get("a_bits") for l in self.layers}) > 1   # show activation widths when they were searched
+        hdr = f"{'layer':<28} {'params':>9} {'sigma':>8} {'sigma_n':>7} {'cluster':>7} {'bits':>4}" + (" a_bits" if acts else "") + f" {'KL':>6}"
         rows = [hdr, "-"*len(hdr)]
         for l in self.layers:
             cl = "-" if l.get("cluster") is None else str(l["cluster"])
-            rows.append(f"{l['name'][:28]:<28} {l['params']:>9,} {l['sigma']:>8.4f} {l['sigma_n']:>7.3f} {cl:>7} {l['bits']:>4} {l['kl']:>6.3f}")
+            ab = f" {l.get('a_bits'):>6}" if acts else ""
+            rows.append(f"{l['name'][:28]:<28} {l['params']:>9,} {l['sigma']:>8.4f} {l['sigma_n']:>7.3f} {cl:>7} {l['bits']:>4}{ab} {l['kl']:>6.3f}")
         return "\n".join(rows)
 
     def summary(self) -> str:
@@ -407,6 +455,7 @@ class SearchResult:
                  f"status        {self.status}" + (f"  ({self.reason})" if self.reason else ""),
                  f"accuracy      val {self.acc:.2%} (INT8 {r['acc_val']:.2%}, drop {self.acc_drop*100:.2f} pt)   test {self.test_acc:.2%} (INT8 {r['acc_test']:.2%}, FP32 {r['fp32_acc_test']:.2%})",
                  f"size          {c['size_bytes']/1024:.2f} KiB = {c['size_frac']:.1%} of INT8 ({r['size_bytes']/1024:.2f} KiB), avg {c['avg_bits']:.2f} bits"]
+        if "bops_frac" in c: lines.append(f"BOPs          {c['bops']/1e6:.2f} M = {c['bops_frac']:.1%} of INT8 (W·A bits × MACs)")
         if "shift_add" in c:
             for mac, lab in (("shift_add", "shift-add"), ("int8_mac", "INT8 MAC")):
                 h = c[mac]
@@ -447,8 +496,9 @@ def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
     raw, s = ctx.sigmas(getattr(ctx.cfg, "sigma_norm", "minmax"))
     _, kl = ctx.kl(bits, getattr(ctx.cfg, "kl_norm", "kl2"))
     cl = extra.get("clusters")
+    ab = get_act_bits(ctx.model)
     return [dict(name=n, params=int(p), sigma=float(r), sigma_n=float(sn), cluster=(None if cl is None else int(cl[i])),
-                 bits=int(bits[n]), kl=float(k)) for i, (n, p, r, sn, k) in enumerate(zip(ctx.layers, ctx.params, raw, s, kl))]
+                 bits=int(bits[n]), a_bits=ab.get(n), kl=float(k)) for i, (n, p, r, sn, k) in enumerate(zip(ctx.layers, ctx.params, raw, s, kl))]
 
 def search(model:nn.Module, # Trained float model (left unchanged)
            data, # DataBundle (train/val/test)
@@ -463,7 +513,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
           ) -> SearchResult:
     "Run the search method `cfg` names on `model` and `data`."
     strat = strategy_for(cfg)
-    cfg.budget.check_reachable(cfg.bits)
+    cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     strat.validate(model, data)
     if resume and (out_dir is None or name is None): raise SQError("resume needs the run's folder and name", "pass out_dir and name (CLI: --out and --resume NAME)")
     run = (RunDir.open_partial(out_dir, name) if resume else RunDir.create(out_dir, name, prefix=strat.name)) if out_dir is not None else None
@@ -486,6 +536,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
             ctx.t0 -= ck.get("elapsed_s", 0.0)
             if not ctx.replay:                      # killed before the first step: continue right after the reference
                 ref_ck = run.load_torch("reference.pt"); ctx.set_rng_state(ref_ck["rng"]); ctx.epochs = ref_ck["epochs"]
+                ctx.restore(dict(bits={n: 8 for n in ctx.layers}, state=ref_ck["state"]))
             ctx.events = [] if ctx.replay else list(ck["events"])
             if ctx.on_event is not None: ctx.on_event(_event_from_dict(ck["events"][0]))
         else:
@@ -522,14 +573,16 @@ def search(model:nn.Module, # Trained float model (left unchanged)
             if resume: run.unlock()       # keep the interrupted run resumable
             else: run.abort()
         raise
-    if choice.state is not None: ctx.restore(dict(bits=choice.bits, state=choice.state))
-    else: set_bits_(ctx.model, choice.bits)
+    if choice.state is not None: ctx.restore(dict(bits=choice.bits, a_bits=choice.a_bits, state=choice.state))
+    else:
+        set_bits_(ctx.model, choice.bits)
+        if choice.a_bits: set_bits_(ctx.model, choice.a_bits, act=True)
     acc, test_acc = ctx.evaluate("val"), ctx.evaluate("test")
     costs = ctx.costs(choice.bits)
     res = SearchResult(strat.name, status, dict(choice.bits), acc, test_acc, ctx.ref, costs, _layer_rows(ctx, choice.bits, choice.extra),
                        [e for e in ctx.events if e["event"] == "StepFinished"], time.perf_counter() - ctx.t0, ctx.epochs,
-                       choice.reason, None, to_jsonable(cfg))
-    ctx.emit(RunFinished(status, res.bits, acc, test_acc, costs, res.wall_s, res.epochs, choice.reason))
+                       choice.reason, None, to_jsonable(cfg), get_act_bits(ctx.model))
+    ctx.emit(RunFinished(status, res.bits, acc, test_acc, costs, res.wall_s, res.epochs, choice.reason, res.a_bits))
     res.model = ctx.model
     if run is not None:
         try:

@@ -17,7 +17,7 @@ from .search import SearchConfig, Search, Choice, PhaseStarted, register_strateg
 
 # %% auto #0
 __all__ = ['SELECTORS', 'balanced_kmeans_1d', 'clustering_objective', 'clusters_to_bits', 'step_bits', 'candidate_moves',
-           'choose_moves', 'SigmaQuantConfig', 'SigmaQuant']
+           'choose_moves', 'joint_moves', 'SigmaQuantConfig', 'SigmaQuant']
 
 # %% ../nbs/09_sigmaquant.ipynb #93972691
 def _seg_cost(c1, c2, i, j, lam, target):
@@ -94,6 +94,24 @@ def choose_moves(names:list, cur:dict, kl:np.ndarray, params:np.ndarray, bits:tu
     key = (lambda i: (-score[i], i)) if direction > 0 else (lambda i: (score[i], -params[i], i))
     return {names[i]: new[names[i]] for i in sorted(idx, key=key)[:n]}
 
+# %% ../nbs/09_sigmaquant.ipynb #ec76a367
+def joint_moves(names:list, cur_w:dict, cur_a:dict, kl_w:np.ndarray, kl_a:np.ndarray, macs:np.ndarray,
+                w_bits:tuple, a_bits:tuple, direction:int, n:int=2, bit_step:int=2,
+                frozen_w=(), frozen_a=()) -> tuple[dict, dict]:
+    "Weight and activation moves `({layer: w}, {layer: a})` for a BOPs search."
+    tot = 64 * float(np.sum(macs)); cands = []
+    for kind, cur, kl, cset, frozen in (("w", cur_w, kl_w, w_bits, frozen_w), ("a", cur_a, kl_a, a_bits, frozen_a)):
+        for i, nm in enumerate(names):
+            if nm in frozen: continue
+            b = cur[nm]; nb = step_bits(b, cset, direction * bit_step)
+            if nb == b: continue
+            other = cur_a[nm] if kind == "w" else cur_w[nm]
+            saved = macs[i] * abs(b - nb) * other / tot
+            cands.append(((kl[i] / max(saved, 1e-12)) if direction < 0 else -kl[i], i, kind, nm, nb))
+    w, a = {}, {}
+    for _, _, kind, nm, nb in sorted(cands)[:n]: (w if kind == "w" else a)[nm] = nb
+    return w, a
+
 # %% ../nbs/09_sigmaquant.ipynb #708f2865
 SELECTORS = ("kl", "kl_per_byte")
 
@@ -129,10 +147,11 @@ class SigmaQuant(Search):
     "Two-phase heterogeneous quantization (σ clustering, then KL-guided QAT refinement)."
     name = "sigmaquant"
     ours = ("lambda0", "sigma_norm", "kl_norm", "selector", "pin_first_last", "validation split carved from train",
+            "BOPs search: activations start at the configured width, first layer's input frozen, moves ranked by KL per BOPs saved",
             "raw unfused conv weights for sigma/KL", "Phase 1 restarts each round from the INT8 reference")
 
-    def _measure(self, ctx, bits, epochs, what):
-        bits = ctx.apply(bits); ctx.qat(epochs, what)
+    def _measure(self, ctx, bits, epochs, what, a_bits=None):
+        bits = ctx.apply(bits, a_bits); ctx.qat(epochs, what)
         acc, costs = ctx.evaluate(), ctx.costs(bits)
         return bits, acc, costs
 
@@ -150,10 +169,11 @@ class SigmaQuant(Search):
             bits, acc, costs = self._measure(ctx, bmap, c.e1, f"phase1 λ={lam:.2f}")
             close = acc >= ctx.acc_target - c.delta_acc or costs["size_frac"] <= c.budget.size_frac + c.delta_size
             d = ctx.distance(acc, costs)
+            snap = ctx.snapshot()     # before the yield: a replay names the state of *this* step
             yield ctx.step_event("phase1", r, bits, acc, costs, "phase2" if close else "next_lambda", kl=ctx.kl(bits, c.kl_norm)[1],
                                  lam=lam, clusters=labels.tolist(), centroids=cents.tolist(), sigma=raw.tolist(), sigma_n=s.tolist(), d=d)
             if best is None or d < best[0] or close:
-                best = (d, bits, acc, costs, ctx.snapshot(), labels.tolist(), lam)
+                best = (d, bits, acc, costs, snap, labels.tolist(), lam)
             if close: break
         return best[1:]
 
@@ -162,7 +182,7 @@ class SigmaQuant(Search):
         bits, acc, costs, snap, clusters, lam = yield from self.phase1(ctx)
         ctx.restore(snap)
         yield PhaseStarted("phase2", dict(max_steps=c.max_steps, patience=c.patience))
-        cur = dict(bits=bits, acc=acc, costs=costs, snap=snap)
+        cur = dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
         feasible = cur if ctx.meets(acc, costs) else None
         best_d, stable, stall, reason, abandoned = ctx.distance(acc, costs), cur, 0, "", False
         frozen = set(ctx.pinned)
@@ -172,27 +192,33 @@ class SigmaQuant(Search):
             if not short and not over: reason = "targets met"; break
             if short and over: reason, abandoned = "accuracy short and over budget (abandon zone)", True; break
             _, kl = ctx.kl(cur["bits"], c.kl_norm)
-            direction, saving = (+1 if short else -1), None
-            if not short and "size_frac" not in over:    # only energy/latency over: rank by KL per unit saved
-                metric = "energy_frac" if "energy_frac" in over else "latency_frac"
-                saving = ctx.savings(cur["bits"], candidate_moves(ctx.layers, cur["bits"], c.bits, -1, c.bit_step, frozen), metric)
-            moves = choose_moves(ctx.layers, cur["bits"], kl, ctx.params, c.bits, direction,
-                                 c.layers_per_step, c.bit_step, frozen, c.selector, saving)
-            if not moves: reason = "no layer can move further"; abandoned = True; break
-            nb = {**cur["bits"], **moves}
-            nb, acc, costs = self._measure(ctx, nb, c.e2, f"phase2 step {step}")
-            cur = dict(bits=nb, acc=acc, costs=costs, snap=ctx.snapshot())
+            direction, saving, amoves = (+1 if short else -1), None, {}
+            if ctx.search_act and (short or "size_frac" not in over) and (short or "bops_frac" in over):
+                macs = np.array([ctx.hw.macs[ctx.hw.index[n]] for n in ctx.layers], dtype=float)
+                moves, amoves = joint_moves(ctx.layers, cur["bits"], cur["a_bits"], kl, ctx.act_kl(cur["a_bits"]), macs, c.bits,
+                                            ctx.act_candidates, direction, c.layers_per_step, c.bit_step, frozen, {ctx.layers[0]})
+            else:
+                if not short and "size_frac" not in over:    # only energy/latency over: rank by KL per unit saved
+                    metric = "energy_frac" if "energy_frac" in over else "latency_frac"
+                    saving = ctx.savings(cur["bits"], candidate_moves(ctx.layers, cur["bits"], c.bits, -1, c.bit_step, frozen), metric)
+                moves = choose_moves(ctx.layers, cur["bits"], kl, ctx.params, c.bits, direction,
+                                     c.layers_per_step, c.bit_step, frozen, c.selector, saving)
+            if not moves and not amoves: reason = "no layer can move further"; abandoned = True; break
+            nb, na = {**cur["bits"], **moves}, {**cur["a_bits"], **amoves}
+            nb, acc, costs = self._measure(ctx, nb, c.e2, f"phase2 step {step}", na)
+            cur = dict(bits=nb, a_bits=na, acc=acc, costs=costs, snap=ctx.snapshot())
             d = ctx.distance(acc, costs)
             if ctx.meets(acc, costs) and (feasible is None or acc > feasible["acc"]): feasible = cur
             if d < best_d - 1e-9: best_d, stable, stall = d, cur, 0
             else: stall += 1
-            decision = ("raise" if short else "lower") + f" {sorted(moves)}"
-            yield ctx.step_event("phase2", step, nb, acc, costs, decision, kl=kl, moved=moves, d=d, stall=stall)
+            decision = ("raise" if short else "lower") + (f" {sorted(moves)}" if moves else "") + (f" acts {sorted(amoves)}" if amoves else "")
+            yield ctx.step_event("phase2", step, nb, acc, costs, decision, kl=kl, moved=moves, moved_acts=amoves, d=d, stall=stall)
             if stall >= c.patience:
                 reason = f"no progress for {c.patience} steps: rolled back to the last stable point"; cur = stable; break
         else: reason = f"step cap ({c.max_steps}) reached"
         extra = dict(clusters=clusters, lam=lam)
         if feasible is not None:
-            return Choice("OK", feasible["bits"], feasible["snap"]["state"], reason if reason == "targets met" else f"best feasible point kept; {reason}", extra)
+            return Choice("OK", feasible["bits"], feasible["snap"]["state"], reason if reason == "targets met" else f"best feasible point kept; {reason}",
+                          extra, feasible["a_bits"])
         pick = stable if stable is not None else cur
-        return Choice("INFEASIBLE" if abandoned else "BEST_EFFORT", pick["bits"], pick["snap"]["state"], reason, extra)
+        return Choice("INFEASIBLE" if abandoned else "BEST_EFFORT", pick["bits"], pick["snap"]["state"], reason, extra, pick["a_bits"])

@@ -14,7 +14,8 @@ from .core import SQError, check_bits
 from .quant import quantizable_layers, qrange
 
 # %% auto #0
-__all__ = ['SIGMA_NORMS', 'KL_NORMS', 'normalize', 'weights_of', 'layer_sigmas', 'hist_kl', 'quant_hists', 'layer_kl', 'kl_table']
+__all__ = ['SIGMA_NORMS', 'KL_NORMS', 'normalize', 'weights_of', 'layer_sigmas', 'hist_kl', 'quant_hists', 'layer_kl', 'kl_table',
+           'act_kl', 'act_kl_table']
 
 # %% ../nbs/02_stats.ipynb #a8ce8708
 SIGMA_NORMS = ("none", "zscore", "minmax")
@@ -99,3 +100,35 @@ def kl_table(model_or_weights, # Model or {layer: weight}
         out = np.clip(raw / np.maximum(ref, 1e-12), 0, 100)
     else: out = raw
     return list(ws), raw, np.clip(out, 0, None)
+
+# %% ../nbs/02_stats.ipynb #edee8311
+def act_kl(x:torch.Tensor, # Sampled activations of one layer's input (any shape)
+           bits:int, # Activation bit width
+           percentile:float=99.9, # Range percentile (as the activation quantizer uses)
+           bins:int=2048, eps:float=1e-10) -> float:
+    "KL(p‖q) between sampled activations and their `bits`-bit asymmetric quantization."
+    x = x.detach().float().flatten()
+    p_ = percentile / 100
+    lo = torch.minimum(torch.quantile(x, 1 - p_), torch.zeros(())); hi = torch.maximum(torch.quantile(x, p_), lo + 1e-6)
+    L = 2**bits; s = (hi - lo) / (L - 1)
+    a, b = float(x.min()), float(x.max()) + 1e-12
+    p = torch.histc(x, bins, a, b)
+    idx = torch.clamp(((x - lo) / s).round(), 0, L - 1).long()
+    counts = torch.zeros(L).scatter_add_(0, idx, torch.ones_like(x))
+    centers = a + (torch.arange(bins) + 0.5) * ((b - a) / bins)
+    lv = torch.clamp(((centers - lo) / s).round(), 0, L - 1).long()
+    nb = torch.zeros(L).scatter_add_(0, lv, torch.ones(bins))
+    q = counts[lv] / nb[lv]
+    orphan = (nb == 0) & (counts > 0)
+    if orphan.any():
+        l = orphan.nonzero().flatten(); vals = lo + l.float() * s
+        q.index_add_(0, ((vals - a) / (b - a) * bins).floor().clamp(0, bins - 1).long(), counts[l])
+    return hist_kl(p, q, eps)
+
+def act_kl_table(samples:dict, # {layer: sampled input activations}
+                 bits=(2, 4, 6, 8), # Candidate activation widths (columns)
+                 percentile:float=99.9) -> tuple[list[str], np.ndarray, np.ndarray]:
+    "Layer names, raw and `kl2`-normalised activation KL tables (layers × bits)."
+    bits = check_bits(bits)
+    raw = np.array([[act_kl(x, b, percentile) for b in bits] for x in samples.values()])
+    return list(samples), raw, np.clip(raw / np.maximum(raw[:, :1], 1e-12), 0, None)

@@ -46,6 +46,8 @@ def test_main_job_prints_table_and_writes_record(tmp_path):
     assert ex.returncode == 0, ex.stderr[-3000:]
     assert (run_dir/"model.packed.safetensors").stat().st_size > 0 and (run_dir/"model.onnx").exists()
     assert "argmax agreement" in ex.stdout and "file / reported" in ex.stdout
+    page = (run_dir/"report.html").read_text()          # written after the search
+    assert "features.0.conv" in page and res["status"] in page and '<script src="http' not in page
 
 
 def _fails_clearly(r, *needles):
@@ -97,3 +99,15 @@ def test_empty_and_corrupt_and_wrong_checksum_datasets(tmp_path):
     with zipfile.ZipFile(z, "w") as f: f.writestr("a/0.txt", "x")
     _fails_clearly(run(["search", *QUICK, "--data", str(z), "--sha256", "0"*64, "--out", str(tmp_path/"runs")], tmp_path), "sha256")
     assert not (tmp_path/"runs").exists() or not any((tmp_path/"runs").iterdir())
+
+
+def test_baseline_method_from_the_cli(tmp_path):
+    q = ["--fp-epochs", "6", "--int8-epochs", "1", "--quiet"]
+    r = run(["search", *q, "--method", "uniform", "--set", "w_bits=4", "--set", "epochs=1", "--size-frac", "0.5",
+             "--max-acc-drop", "0.2", "--out", str(tmp_path/"runs"), "--name", "u", "--no-report"], tmp_path)
+    assert r.returncode in (0, 3), r.stderr[-2000:]
+    res = json.loads((tmp_path/"runs"/"u"/"result.json").read_text())
+    assert res["method"] == "uniform" and set(res["bits"].values()) == {4}
+    bad = run(["search", *q, "--method", "uniform", "--set", "wbits=4", "--out", str(tmp_path/"runs2")], tmp_path)
+    _fails_clearly(bad, "wbits=4", "w_bits")
+    _fails_clearly(run(["search", *QUICK, "--method", "uniform", "--out", str(tmp_path/"runs2")], tmp_path), "--max-steps does not apply")

@@ -60,3 +60,30 @@ def test_infeasible_accuracy_and_size_returns_closest_point(setup):
     assert res.status in ("INFEASIBLE", "BEST_EFFORT", "OK")
     if res.status != "OK":
         assert res.reason and res.bits and res.history   # a closest point with its log, not an exception
+
+
+def test_bops_budget_searches_activation_bits(setup):
+    res = run(setup, max_acc_drop=0.05, size_frac=1.0, bops_frac=0.2)
+    assert res.costs["bops_frac"] < 0.4 and any(a < 8 for a in res.a_bits.values()), (res.bits, res.a_bits)
+    first = list(res.a_bits)[0]
+    assert res.a_bits[first] == 8                      # the image input stays at its width
+    if res.status == "OK": assert res.costs["bops_frac"] <= 0.2 + 1e-9
+    assert any("acts" in h["decision"] for h in res.history)
+
+
+def test_cancelled_bops_search_resumes_to_the_same_result(setup, tmp_path):
+    "Resume replays recorded activation-KL measurements and activation widths exactly."
+    import threading
+    model, data, cfg = setup
+    c = replace(cfg, budget=Budget(max_acc_drop=0.05, size_frac=1.0, bops_frac=0.2), max_steps=5)
+    full = search(model, data, c, out_dir=tmp_path, name="full")
+    stop, seen = threading.Event(), []
+    def obs(ev):
+        if ev.kind == "StepFinished":
+            seen.append(ev)
+            if len(seen) == 2: stop.set()
+    part = search(model, data, c, out_dir=tmp_path, name="r", cancel=stop, on_event=obs)
+    assert part.status == "CANCELLED" and (tmp_path/"r.partial").is_dir()
+    res = search(model, data, c, out_dir=tmp_path, name="r", resume=True)
+    assert (res.bits, res.a_bits, res.acc, res.test_acc) == (full.bits, full.a_bits, full.acc, full.test_acc)
+    assert [(h["bits"], h["a_bits"], h["acc"]) for h in res.history] == [(h["bits"], h["a_bits"], h["acc"]) for h in full.history]
