@@ -122,6 +122,7 @@ class ViewData:
     title:str # Plot title
     x_range:tuple|None=None # (start, end) of a numeric x axis (None: categorical or left alone)
     y_range:tuple|None=None # (start, end) of a numeric y axis
+    fields:tuple=() # Per layer {glyph property: column} the columns drive (HoloViews makes a style constant when its first values are)
 
 def _rot(n_layers:int) -> int: return 0 if n_layers <= 4 else 30 if n_layers <= 12 else 60
 
@@ -146,7 +147,8 @@ def sigma_data(s:Snapshot) -> ViewData:
     cents = dict(y=np.asarray(s.centroids, float), color=[CLUSTER_COLORS[i % nc] for i in range(len(s.centroids))])
     pts = dict(i=np.arange(L), sigma_n=np.asarray(s.sigma_n, float), layer=list(s.layers), sigma=np.asarray(s.sigma, float),
                cluster=[f"C{int(c)}" for c in s.clusters], color=[CLUSTER_COLORS[int(c) % nc] for c in s.clusters])
-    return ViewData((cents, pts), f"σ clusters · K={len(s.centroids)} · λ={s.lam:.2f}", (-0.5, L - 0.5), (-0.08, 1.08))
+    return ViewData((cents, pts), f"σ clusters · K={len(s.centroids)} · λ={s.lam:.2f}", (-0.5, L - 0.5), (-0.08, 1.08),
+                    ({"line_color": "color"}, {"fill_color": "color"}))
 
 def sigma_plot(s:Snapshot) -> hv.Overlay:
     "Per-layer normalised σ coloured by cluster, centroids as dashed lines, λ in the title."
@@ -182,8 +184,8 @@ def bits_data(s:Snapshot) -> ViewData:
     ok = s.size_frac <= s.budget.size_frac + 1e-9
     avg = float((p * b).sum() / max(p.sum(), 1))
     return ViewData((bars, dict(location=8 * s.budget.size_frac)),
-                    f"bits ({s.source}) · size {_pct(s.size_frac)} of INT8 (budget {_pct(s.budget.size_frac)}) {'✓' if ok else '✗'} · avg {avg:.2f} b",
-                    None, (0, 8.6))
+                    f"bits · {s.source} · size {_pct(s.size_frac)} of INT8 (budget {_pct(s.budget.size_frac)}) {'✓' if ok else '✗'} · avg {avg:.2f} b",
+                    None, (0, 8.6), ({"fill_color": "color"}, {}))
 
 def bits_plot(s:Snapshot) -> hv.Overlay:
     "Bits per layer (hover: params, KiB), size vs budget in the title, the budget's average width dashed."
@@ -203,7 +205,8 @@ def costs_data(s:Snapshot) -> ViewData:
     dashes = dict(metric=list(bud), frac=np.array([np.nan if v is None else v for v in bud.values()], float))
     lim = f"size ≤ {_pct(b.size_frac)}" + (f", energy ≤ {b.energy_frac:.2f}×" if b.energy_frac is not None else "") + \
           (f", latency ≤ {b.latency_frac:.2f}×" if b.latency_frac is not None else "")
-    return ViewData((bars, dashes), f"vs INT8 ({MAC_LABELS[s.mac]} MAC, simulated) · budgets: {lim}", None, (0, _top(*vals.values(), *bud.values())))
+    return ViewData((bars, dashes), f"vs INT8 ({MAC_LABELS[s.mac]} MAC, simulated) · budgets: {lim}", None, (0, _top(*vals.values(), *bud.values())),
+                    ({"fill_color": "color"}, {}))
 
 def costs_plot(s:Snapshot) -> hv.Overlay:
     "Size, energy, latency vs INT8 (bars) and their budgets (dashes)."
@@ -262,7 +265,8 @@ def zone_data(s:Snapshot) -> ViewData:
                 decision=["reference"] + [p["decision"] for p in h], acc=np.array([(s.ref or {}).get("acc_val", np.nan)] + [p["acc"] for p in h], float),
                 color=["#000000"] + [PHASE_COLORS.get(p["phase"], "#000000") for p in h],
                 dot=np.where(last, 14, 8), ring=list(np.where(last, "#000000", "#ffffff")), lw=np.where(last, 3, 1))
-    return ViewData((zones, labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps", (x0, x1), (y0, y1))
+    return ViewData((zones, labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps", (x0, x1), (y0, y1),
+                    ({"fill_color": "color"}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
 
 def zone_plot(s:Snapshot) -> hv.Overlay:
     "Target / increase / decrease / abandon zones, the search trajectory and its last point (ringed)."
