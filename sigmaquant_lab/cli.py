@@ -22,6 +22,7 @@ from .sigmaquant import SigmaQuantConfig
 # every search method registers itself on import: the CLI offers (and resumes) all of them
 import sigmaquant_lab.uniform, sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp
 from .search import STRATEGIES, config_class_for
+from .sweeps import add_sweep_parser, cmd_sweep
 
 # %% auto #0
 __all__ = ['ConsoleReporter', 'build_parser', 'cmd_search', 'cmd_runs', 'cmd_export', 'cmd_report', 'main']
@@ -55,6 +56,11 @@ class ConsoleReporter:
 
 # %% ../nbs/15_cli.ipynb #924eb877
 def _floats(s): return None if s in (None, "") else float(s)
+
+def _data_kwargs(data_arg, quiet=False, image_size=None, sha256=None) -> dict:
+    "Keyword arguments for `get_data`: digits takes none; folders and zips take progress, image size and checksum."
+    if str(data_arg).lower() == "digits": return {}
+    return dict(progress=not quiet, **({"image_size": image_size} if image_size else {}), **({"sha256": sha256} if sha256 else {}))
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sigmaquant-lab` argument parser."
@@ -126,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "accuracy, size and energy as fractions of INT8, wall time. Interrupted runs show as INTERRUPTED.")
     l.add_argument("names", nargs="*", help="only these runs")
     l.add_argument("--out", default="runs", help="folder holding run records")
+    add_sweep_parser(sub)
     return p
 
 # %% ../nbs/15_cli.ipynb #7ba393b5
@@ -167,8 +174,7 @@ def _resume_setup(a, st):
     cfg = config_from_dict(config_class_for(conf["method"]), conf)
     if a.device: cfg = replace(cfg, device=a.device)
     meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit")}
-    dkw = {} if meta["data_arg"].lower() == "digits" else dict(progress=not a.quiet, **({"image_size": meta["image_size"]} if meta["image_size"] else {}))
-    data = get_data(meta["data_arg"], st, **dkw)
+    data = get_data(meta["data_arg"], st, **_data_kwargs(meta["data_arg"], a.quiet, meta["image_size"]))
     if meta["limit"]: data = data.subset(meta["limit"])
     model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
     return cfg, data, model, meta
@@ -204,9 +210,7 @@ def cmd_search(a, out=None) -> int:
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)   # fail before loading data or training anything
     if not a.no_record:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out)
-    dkw = {} if a.data.lower() == "digits" else dict(progress=not a.quiet, **({"image_size": a.image_size} if a.image_size else {}),
-                                                     **({"sha256": a.sha256} if a.sha256 else {}))
-    data = get_data(a.data, st, **dkw)
+    data = get_data(a.data, st, **_data_kwargs(a.data, a.quiet, a.image_size, a.sha256))
     if a.limit: data = data.subset(a.limit)
     model_name = a.model or ("digits_cnn" if data.name == "digits" else "resnet20")
     fp_epochs = st.int("train", "fp_epochs") if a.fp_epochs is None else a.fp_epochs
@@ -264,7 +268,8 @@ def cmd_export(a, out=None) -> int:
     if a.onnx:
         model, cfg = run_model(run)
         st = load_settings(a.settings)
-        data = get_data(cfg.get("data_arg") or cfg["data"], st, **({} if (cfg.get("data_arg") or cfg["data"]) == "digits" else {"progress": False}))
+        darg = cfg.get("data_arg") or cfg["data"]
+        data = get_data(darg, st, **_data_kwargs(darg, quiet=True, image_size=cfg.get("image_size")))
         x = next(iter(data.loader("test", batch_size=256)))[0]
         orep = export_onnx(model, run/"model.onnx", tuple(cfg["in_shape"]), opset=a.opset)
         chk = check_onnx(run/"model.onnx", model, x)
@@ -288,7 +293,7 @@ def main(argv=None) -> int:
     "Entry point of the `sigmaquant-lab` command."
     a = build_parser().parse_args(argv)
     try:
-        rc = {"search": cmd_search, "runs": cmd_runs, "export": cmd_export, "report": cmd_report}[a.cmd](a)
+        rc = {"search": cmd_search, "runs": cmd_runs, "export": cmd_export, "report": cmd_report, "sweep": cmd_sweep}[a.cmd](a)
     except SQError as e:
         print(f"sigmaquant-lab: error: {e}", file=sys.stderr); rc = 2
     if argv is None: sys.exit(rc)   # console script

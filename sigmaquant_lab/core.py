@@ -200,12 +200,17 @@ def fault(point:str):
     if _FAULTS[want] == int(n): os.kill(os.getpid(), 9)
 _FAULTS = {}
 
+def _umask() -> int:
+    m = os.umask(0o022); os.umask(m); return m
+_UMASK = _umask()   # read once at import (os.umask can only be read by setting it)
+
 def atomic_write(path:str|Path, # Target file
                  data:bytes|str): # Content
-    "Write `data` to `path` atomically (temp file + fsync + rename)."
+    "Write `data` to `path` atomically (temp file + fsync + rename), with the permissions `open` would give."
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"): os.fchmod(fd, 0o666 & ~_UMASK)   # mkstemp makes 0600 files
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush(); os.fsync(f.fileno())

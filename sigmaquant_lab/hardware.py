@@ -498,11 +498,14 @@ def costs(self:CostModel, bits:Mapping[str, int]|int|np.ndarray, # Bit map {laye
 @patch
 def costs_batch(self:CostModel, bits:np.ndarray, # Bit maps, shape (n_maps, n_layers), layers in forward order
                  a_bits:np.ndarray|int|None=None, # Activation bits: one width, (n_layers,) or (n_maps, n_layers)
+                 mac:str="shift_add", # MAC type, as in `costs`
                 ) -> HWCosts:
     "Simulated costs of many bit maps at once (fallback shift-add cycles)."
+    _check_mac(mac)
     wb = self.bits_vector(bits)
     if wb.ndim != 2: raise SQError(f"costs_batch got bits of shape {wb.shape}", f"pass a matrix (n_maps, {len(self)}); use costs for one map")
     ab = np.broadcast_to(self.bits_vector(self.hw.a_bits if a_bits is None else a_bits, what="activation"), wb.shape)
+    if mac == "int8": return self._make(wb, ab, self._eval(wb, ab, np.ones_like(wb, dtype=np.float64), int8=True), int8=True)
     return self._make(wb, ab, self._eval(wb, ab, self._cycles_per_mac(wb)))
 
 

@@ -78,6 +78,9 @@ class SearchConfig:
     device:str="auto" # auto | cpu | cuda[:N]
     mac:str="shift_add" # MAC array the energy/latency budgets refer to: shift_add | int8
     hardware:HardwareConfig=HardwareConfig() # Hardware cost model constants (settings.ini [hardware])
+    # settings.ini sections a method's own fields are read from, after its own section ([amed], [hawq], ...);
+    # [search] holds SigmaQuant's Phase-1/2 keys, so only SigmaQuantConfig adds it
+    settings_sections = ("quant", "train")
     def __post_init__(self):
         object.__setattr__(self, "bits", check_bits(self.bits))
         if self.act_bits is not None: object.__setattr__(self, "act_bits", check_bits(self.act_bits))
@@ -92,7 +95,7 @@ class SearchConfig:
 
     @classmethod
     def from_settings(cls, settings=None, **overrides):
-        "Build a config from settings.ini sections [search], [quant], [train], then apply `overrides`."
+        "Build a config from settings.ini ([search], [quant], [train], [data], [hardware]; a method's own fields from its section), then apply `overrides`."
         s = settings or load_settings()
         pin = s.optint("quant", "pin_first_last")
         kw = dict(bits=tuple(s.ints("search", "bits")),
@@ -108,11 +111,12 @@ class SearchConfig:
                   calib_batches=s.int("train", "calib_batches"), batch_size=s.int("data", "batch_size"),
                   pin_first_last=pin, seed=s.int("data", "seed"), device=s.str("train", "device"),
                   mac=s.str("search", "mac"), hardware=HardwareConfig.from_settings(s))
-        names = {f.name for f in fields(cls)}
-        for f in fields(cls):
+        strat = STRATEGIES.get(cls)
+        sections = ((strat.name,) if strat is not None else ()) + tuple(cls.settings_sections)
+        for f in fields(cls):          # method fields: the method's own section ([amed], ...) first, then its declared ones
             if f.name in kw or f.name in overrides: continue
-            for sec in ("search", "quant", "train"):
-                if s.cp.has_option(sec, f.name) and f.name in names:
+            for sec in sections:
+                if s.cp.has_option(sec, f.name):
                     kw[f.name] = _typed(s, sec, f.name, f.default); break
         return cls(**{**kw, **{k: v for k, v in overrides.items() if v is not None}})
 
@@ -234,7 +238,7 @@ class SearchContext:
         bits = {**{n: bits[n] for n in self.layers}, **self.pinned}
         set_bits_(self.model, bits, candidates=self.cfg.bits)
         if a_bits: set_bits_(self.model, a_bits, act=True)
-        if not self.replaying: calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches)
+        if not self.replaying: calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches, cancel=self.cancel)
         return bits
 
     def qat(self, epochs:int, what:str="qat"):
@@ -250,7 +254,7 @@ class SearchContext:
     def evaluate(self, split:str="val") -> float:
         "Accuracy on a split (decisions use `val`)."
         if self.replaying and split == "val": return self.replay[0]["acc"]
-        return evaluate(self.model, self.loaders[split], bf16=self.cfg.train.bf16)
+        return evaluate(self.model, self.loaders[split], bf16=self.cfg.train.bf16, cancel=self.cancel)
 
     def costs(self, bits:dict, a_bits:dict|None=None) -> dict:
         "Size, BOPs and simulated hardware costs of a bit map (activation widths: `a_bits` or the model's), as fractions of INT8."
@@ -279,12 +283,8 @@ class SearchContext:
             return np.array([self.params[i] * (bits[n] - new.get(n, bits[n])) / 8 / self.params.sum() for i, n in enumerate(self.layers)])
         rows = np.repeat(base[None], len(self.layers), 0)
         for i, n in enumerate(self.layers): rows[i, self.hw.index[n]] = new.get(n, bits[n])
-        c = self.hw.costs_batch(rows); c0 = self.hw.costs(bits)
         # the budgets' MAC type: on INT8 MACs only memory traffic changes with the weight width
-        if self.cfg.mac == "int8":
-            c = self.hw._make(rows, np.broadcast_to(self.hw.bits_vector(self.hw.hw.a_bits), rows.shape),
-                              self.hw._eval(rows, self.hw.hw.a_bits, np.ones_like(rows, dtype=float), int8=True), int8=True)
-            c0 = self.hw.costs(bits, mac="int8")
+        c, c0 = self.hw.costs_batch(rows, mac=self.cfg.mac), self.hw.costs(bits, mac=self.cfg.mac)
         key, ref = ("energy_pj", c0.energy_pj_int8) if metric == "energy_frac" else ("latency_us", c0.latency_us_int8)
         return (getattr(c0, key) - np.asarray(getattr(c, key))) / ref
 
@@ -416,7 +416,7 @@ class SearchContext:
         fp_val, fp_test = evaluate(fm, self.loaders["val"]), evaluate(fm, self.loaders["test"]); del fm
         self.emit(PhaseStarted("int8_reference", dict(epochs=self.cfg.int8_epochs)))
         set_bits_(self.model, {n: 8 for n in self.layers})
-        calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches)
+        calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches, cancel=self.cancel)
         self.qat(self.cfg.int8_epochs, "int8")
         self.ref = dict(fp32_acc_val=fp_val, fp32_acc_test=fp_test, acc_val=self.evaluate("val"), acc_test=self.evaluate("test"),
                         size_bytes=float(self.params.sum()), params=int(self.params.sum()), epochs=self.cfg.int8_epochs)
@@ -509,7 +509,8 @@ def search(model:nn.Module, # Trained float model (left unchanged)
            name:str|None=None, # Run name
            progress:bool=False, # tqdm bars for QAT
            meta:dict|None=None, # Extra facts for config.json (e.g. model_name for `get_model`)
-           resume:bool=False # Continue the interrupted run `out_dir/name` from its last completed step
+           resume:bool=False, # Continue the interrupted run `out_dir/name` from its last completed step
+           evaluate_cancelled:bool=True # Measure a cancelled run's model on val/test (False: report nan and return at once)
           ) -> SearchResult:
     "Run the search method `cfg` names on `model` and `data`."
     strat = strategy_for(cfg)
@@ -577,7 +578,9 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     else:
         set_bits_(ctx.model, choice.bits)
         if choice.a_bits: set_bits_(ctx.model, choice.a_bits, act=True)
-    acc, test_acc = ctx.evaluate("val"), ctx.evaluate("test")
+    ctx.cancel = None                           # the final measurement is not cancellable ...
+    if status == "CANCELLED" and not evaluate_cancelled: acc = test_acc = float("nan")   # ... unless the caller skips it
+    else: acc, test_acc = ctx.evaluate("val"), ctx.evaluate("test")
     costs = ctx.costs(choice.bits)
     res = SearchResult(strat.name, status, dict(choice.bits), acc, test_acc, ctx.ref, costs, _layer_rows(ctx, choice.bits, choice.extra),
                        [e for e in ctx.events if e["event"] == "StepFinished"], time.perf_counter() - ctx.t0, ctx.epochs,

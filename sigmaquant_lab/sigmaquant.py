@@ -118,6 +118,7 @@ SELECTORS = ("kl", "kl_per_byte")
 @dataclass(frozen=True)
 class SigmaQuantConfig(SearchConfig):
     "SigmaQuant: σ clustering (Phase 1) + KL-guided refinement (Phase 2)."
+    settings_sections = ("search", "quant", "train")   # the Phase-1/2 keys live in settings.ini [search]
     clusters:int=4 # K (paper: 4)
     lambda0:float=0.0 # First λ (ours)
     lambda_step:float=0.1 # λ increment per Phase-1 round (paper: 0.1)

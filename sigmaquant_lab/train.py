@@ -64,22 +64,25 @@ def _device_of(model):
     return p.device if p is not None else torch.device("cpu")
 
 @torch.no_grad()
-def evaluate(model:nn.Module, loader:Iterable, bf16:bool=True) -> float:
+def _check_cancel(cancel):
+    if cancel is not None and cancel.is_set(): raise Cancelled()
+
+def evaluate(model:nn.Module, loader:Iterable, bf16:bool=True,
+             cancel=None) -> float: # Object with is_set(); checked before every batch
     "Top-1 accuracy of `model` on `loader` (0-1)."
     was = model.training; model.eval(); dev = _device_of(model)
     correct = torch.zeros((), device=dev, dtype=torch.long); n = 0
-    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
-        for xb, yb in loader:
-            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-            correct += (model(xb).argmax(1) == yb).sum(); n += len(yb)
-    model.train(was)
+    try:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
+            for xb, yb in loader:
+                _check_cancel(cancel)
+                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+                correct += (model(xb).argmax(1) == yb).sum(); n += len(yb)
+    finally: model.train(was)
     if n == 0: raise SQError("the evaluation split is empty", "use a dataset with images in every split (check --val-frac)")
     return correct.item() / n
 
 # %% ../nbs/06_train.ipynb #e106a5fa
-def _check_cancel(cancel):
-    if cancel is not None and cancel.is_set(): raise Cancelled()
-
 def train_(model:nn.Module, # Model to train in place (float or quantized)
            loader:Iterable, # Iterable of (x, y) batches with len()
            cfg:TrainConfig=TrainConfig(), # Optimizer, schedule, epochs
@@ -123,7 +126,8 @@ def train_(model:nn.Module, # Model to train in place (float or quantized)
 def calibrate_(model:nn.Module, # Quantized (or float) model, changed in place
                loader:Iterable, # Batches to calibrate on (training data)
                batches:int=8, # How many batches
-               bn:bool=True): # Also re-estimate BatchNorm statistics
+               bn:bool=True, # Also re-estimate BatchNorm statistics
+               cancel=None): # Object with is_set(); checked before every batch
     "Re-estimate BN statistics and activation ranges on a few batches."
     dev, was = _device_of(model), model.training
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if bn else []
@@ -131,12 +135,15 @@ def calibrate_(model:nn.Module, # Quantized (or float) model, changed in place
     for m in bns: m.reset_running_stats(); m.momentum = None
     model.train() if bns else model.eval()
     n = 0
-    with observing(model):
-        for xb, _ in loader:
-            model(xb.to(dev, non_blocking=True)); n += 1
-            if n >= batches: break
-    for m, mo in zip(bns, moms): m.momentum = mo
-    model.train(was)
+    try:
+        with observing(model):
+            for xb, _ in loader:
+                _check_cancel(cancel)
+                model(xb.to(dev, non_blocking=True)); n += 1
+                if n >= batches: break
+    finally:
+        for m, mo in zip(bns, moms): m.momentum = mo
+        model.train(was)
     if n == 0: raise SQError("no calibration batches: the training split is empty", "use a dataset with training images")
     return model
 
@@ -156,7 +163,8 @@ def float_model(data, # DataBundle
         try: model.load_state_dict(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
         except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
         return model
-    key = f"fp32-{data.name}-{model_name}-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
+    shape = "x".join(str(int(d)) for d in data.in_shape)   # subsets and resized images train their own model
+    key = f"fp32-{data.name}-n{len(data.y_train)}-{shape}-{model_name}-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
     path = Path(cache_dir)/key if cache_dir is not None else None
     if path is not None and path.exists():
         try: model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)); return model

@@ -1,0 +1,151 @@
+"Explorer state and worker, headless (slider spam, cancel, sessions, bad input), and the explorer notebook in a real Jupyter kernel."
+import os, random, threading, time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _workers():
+    return [t for t in threading.enumerate() if t.name.startswith("sigmaquant-search") and t.is_alive()]
+
+
+@pytest.fixture(scope="module")
+def workbench():
+    from sigmaquant_lab.explorer import load_workbench
+    return load_workbench("digits", "digits_cnn")
+
+
+def _state(wb, **kw):
+    "A state on the shared workbench (loading digits once per module)."
+    from sigmaquant_lab.explorer import ExplorerState, WorkbenchLoaded
+    st = ExplorerState(**kw)
+    st.apply(WorkbenchLoaded(wb))
+    return st
+
+
+@pytest.mark.timeout(120)
+def test_slider_spam_never_two_workers(workbench):
+    "200 slider moves in ~5 s, polled like the app's 200 ms callback: never two search threads, no deadlock, a clean cancel."
+    st = _state(workbench, auto_refine=True, epochs=2)
+    peak, stop = [0], threading.Event()
+    def watch():
+        while not stop.is_set():
+            peak[0] = max(peak[0], len(_workers())); time.sleep(0.002)
+    w = threading.Thread(target=watch, daemon=True); w.start()
+    rng = random.Random(0)
+    t0 = time.perf_counter(); last_poll = t0
+    try:
+        for i in range(200):
+            k = rng.choice(["size_frac", "max_acc_drop", "energy_frac", "lam"])
+            lo, hi = st.param[k].bounds
+            lo = max(lo, 0.26) if k == "size_frac" else lo      # stay feasible so every move really (re)starts a search
+            setattr(st, k, round(rng.uniform(lo, hi), 3))
+            if time.perf_counter() - last_poll >= 0.2: st.poll(); last_poll = time.perf_counter()
+            time.sleep(0.025)
+        spam_s = time.perf_counter() - t0
+        assert st.running or st.busy()                           # the last move left a refinement running or pending
+        st.cancel()
+        assert st.wait(10), "the state did not settle after cancel"
+    finally:
+        stop.set(); w.join(1)
+    print(f"200 moves in {spam_s:.1f} s")   # timing is the benchmark's business (benchmarks/bench_explorer.py)
+    assert peak[0] <= 1, f"{peak[0]} search threads ran at once"
+    assert _workers() == []
+    assert st.status == "cancelled", (st.status, st.message)
+
+
+@pytest.mark.timeout(60)
+def test_cancel_stops_worker_inside_its_qat_cycle(workbench):
+    "Cancel lands at the next batch: the worker stops inside the 8-epoch cycle it was in and skips the final evaluation."
+    from sigmaquant_lab.search import Progress, RunFinished
+    from sigmaquant_lab.explorer import SearchWorker
+    st = _state(workbench, auto_refine=False, epochs=8)
+    w = SearchWorker(workbench.model, workbench.data, st.search_config()).start()
+    end = time.monotonic() + 30
+    while not any(isinstance(e, Progress) and e.what.startswith("phase1") for e in w.drain()):   # inside a QAT epoch
+        assert time.monotonic() < end; time.sleep(0.005)
+    w.cancel()
+    assert w.join(30), "the worker did not stop after cancel"
+    evs = w.drain()
+    prog = [e for e in evs if isinstance(e, Progress)]
+    assert not prog or (prog[-1].epoch, prog[-1].batch) < (prog[-1].epochs, prog[-1].batches), "the cycle ran to its end"
+    assert prog == [] or prog[-1].epoch <= 2
+    fin = [e for e in evs if isinstance(e, RunFinished)]
+    assert w.result.status == "CANCELLED" and fin and fin[-1].acc != fin[-1].acc   # nan: not measured after a cancel
+
+
+@pytest.mark.timeout(60)
+def test_cancel_through_state_and_resume(workbench):
+    st = _state(workbench, auto_refine=False, epochs=8, max_steps=40)
+    st.refine()
+    end = time.monotonic() + 30
+    while "phase1" not in st.message:
+        assert time.monotonic() < end; st.poll(); time.sleep(0.02)
+    st.cancel()
+    assert st.status == "cancelling"
+    assert st.worker.join(30)
+    st.wait(5)
+    assert st.status == "cancelled" and st.progress == 0.0
+    hist = st.snapshot.history
+    st.epochs = 1; st.refine(resume=True)                     # resume keeps the trajectory drawn so far
+    assert st.wait(60) and st.status == "done"
+    assert st.snapshot.history[:len(hist)] == hist and len(st.snapshot.history) > len(hist)
+
+
+def test_states_do_not_share(workbench):
+    "Two sessions: separate inputs, snapshots and workers."
+    a, b = _state(workbench, auto_refine=False), _state(workbench, auto_refine=False)
+    a.size_frac = 0.5
+    assert b.size_frac == 0.35 and b.snapshot.budget.size_frac == 0.35 and a.snapshot is not b.snapshot
+    a.refine()
+    assert a.worker is not None and b.worker is None and b.status == "idle"
+    a.cancel(); assert a.wait(10)
+
+
+def test_bad_input_is_a_message(workbench):
+    from sigmaquant_lab.explorer import ExplorerState
+    st = ExplorerState(dataset="path", data_path="/no/such/dataset.zip")
+    st.load(wait=True)
+    assert st.status == "error" and "fix:" in st.message and st.snapshot is None
+    st = _state(workbench, auto_refine=True)
+    st.bits = [4, 8]                                            # 4 bits everywhere is 50 % of INT8 > 35 % budget
+    assert st.status == "error" and "infeasible" in st.message and not st.busy()
+    st.bits = [2, 4, 6, 8]
+    assert st.status != "error"
+    st.cancel(); st.wait(10)
+
+
+def test_serve_command_binds_localhost():
+    from sigmaquant_lab.core import load_settings
+    from sigmaquant_lab.explorer import serve_command
+    s = load_settings()
+    cmd = serve_command()
+    assert cmd[cmd.index("--address") + 1] == s.str("explorer", "host") == "127.0.0.1"
+    assert cmd[cmd.index("--port") + 1] == str(s.int("explorer", "port"))
+
+
+@pytest.mark.timeout(300)
+def test_explorer_notebook_in_jupyter_kernel():
+    "nbs/explorer.ipynb runs in a real kernel, renders the app inline, and a refinement completes there."
+    import nbformat
+    from nbclient import NotebookClient
+    nb = nbformat.read(ROOT/"nbs"/"explorer.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell(
+        "assert app.state.snapshot is not None and set(app.views) and app._cb is not None\n"
+        "app.state.max_acc_drop = 0.05\n"
+        "app.state.refine()\n"
+        "import time\n"
+        "end = time.monotonic() + 120\n"
+        "while (app.state.busy() or app.stale()) and time.monotonic() < end: app.tick(); time.sleep(0.05)\n"
+        "assert app.state.status == 'done', (app.state.status, app.state.message)\n"
+        "print('STATUS', app.state.status, len(app.state.snapshot.history))"))
+    client = NotebookClient(nb, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(ROOT/"nbs")}})
+    client.execute()
+    outs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outs if o.get("output_type") == "error"]
+    mimes = {m for o in outs for m in o.get("data", {})}
+    assert mimes & {"application/vnd.holoviews_exec.v0+json", "text/html"}, mimes      # the app rendered inline
+    assert any("STATUS done" in o.get("text", "") for o in outs)
