@@ -22,7 +22,7 @@ from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
-from .search import search, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
+from .search import search, reference_key, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
                                   trajectory_point, MAC_LABELS)
@@ -48,6 +48,7 @@ class Workbench:
         self.params = np.array([mods[n].weight.numel() for n in self.names])
         self.cost_model = CostModel.from_model(model, data.in_shape, hw=hw if hw is not None else HardwareConfig.from_settings())
         self._kl = {}
+        self.references = {}   # INT8 references of earlier refinements by `reference_key` (`SearchWorker` reuses them)
 
     @property
     def title(self) -> str: return f"{self.data.name} / {self.model_name}"
@@ -127,7 +128,8 @@ def preview(wb:Workbench, lam:float, bits:tuple, k:int=4 # Clusters K (settings.
 
 # %% ../nbs/14_explorer.ipynb #f2ca80b0
 class PausingCancel:
-    "The cancel flag `search` polls per batch; while `idle` is cleared it first waits (≤ `max_wait_s`) so the UI thread runs alone."
+    "The cancel flag `search` polls per batch and per layer; while `idle` is cleared it first waits (≤ `max_wait_s`) so the UI thread runs alone."
+    per_layer = True   # also checked at every Conv/Linear layer, forward and backward (`train.cancel_points`)
     def __init__(self, stop:threading.Event, # Set to cancel
                  idle:threading.Event|None=None, # Cleared while the UI wants the CPU
                  max_wait_s:float=0.5): # Longest pause per check
@@ -149,9 +151,11 @@ class SearchWorker:
                  cfg, # Search config (e.g. `SigmaQuantConfig`)
                  threads:int|None=1, # torch intra-op threads for the search (None: leave as is)
                  idle:threading.Event|None=None, # Pause between batches while this is cleared (see `PausingCancel`)
+                 references:dict|None=None, # Shared cache of INT8 references (e.g. `Workbench.references`): reused and filled
                  **search_kw): # More `search` arguments (out_dir, name, ...)
         search_kw.setdefault("evaluate_cancelled", False)   # a cancelled refinement ends at once, unmeasured
         self.model, self.data, self.cfg, self.threads, self.search_kw = model, data, cfg, threads, search_kw
+        self.references, self.reused = references, False
         self.queue, self.stop = queue.SimpleQueue(), threading.Event()
         self.flag = PausingCancel(self.stop, idle)
         self.result, self.error, self.superseded = None, None, False
@@ -162,7 +166,14 @@ class SearchWorker:
         try:
             if self.threads: torch.set_num_threads(self.threads)
             self.flag.is_set()           # start when the UI is not redrawing
-            self.result = search(self.model, self.data, self.cfg, on_event=self.queue.put, cancel=self.flag, **self.search_kw)
+            ref = None
+            if self.references is not None:          # hashing the float weights happens here, off the UI thread
+                ref = self.references.get(reference_key(self.model, self.data, self.cfg)); self.reused = ref is not None
+            self.result = search(self.model, self.data, self.cfg, on_event=self.queue.put, cancel=self.flag, reference=ref, **self.search_kw)
+            r8 = self.result.int8
+            if self.references is not None and r8 is not None and r8.key not in self.references:
+                while len(self.references) >= 8: self.references.pop(next(iter(self.references)))   # keep the 8 newest
+                self.references[r8.key] = r8
         except SQError as e:
             self.error = e; self.queue.put(WorkerFailed(str(e)))
         except Exception as e:   # shown in the app as one line; the traceback goes to the server log
@@ -242,7 +253,7 @@ class ExplorerState(param.Parameterized):
 
     @contextmanager
     def priority(self):
-        "Pause the worker between training batches while the block runs (the UI thread gets the GIL)."
+        "Pause the worker at its next layer or batch while the block runs (the UI thread gets the GIL)."
         self._busy += 1; self._idle.clear()
         try: yield
         finally:
@@ -422,7 +433,8 @@ def _start_pending(self:ExplorerState):
     cfg, resume = self._pending; self._pending = None
     if self.worker is not None: self._take(self.worker, self.worker.drain())
     self._resume = resume
-    self.worker = SearchWorker(self.workbench.model, self.workbench.data, cfg, threads=self.threads, idle=self._idle).start()
+    self.worker = SearchWorker(self.workbench.model, self.workbench.data, cfg, threads=self.threads, idle=self._idle,
+                               references=self.workbench.references).start()
     self.apply(Notice("running", "starting: INT8 reference …"))
 
 @patch

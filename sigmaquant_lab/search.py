@@ -25,7 +25,8 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 # %% auto #0
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
-           'StateRef', 'SearchContext', 'SearchResult', 'search', 'Search', 'FixedBitsConfig', 'FixedBits']
+           'StateRef', 'SearchContext', 'Reference', 'reference_key', 'SearchResult', 'search', 'Search',
+           'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -424,6 +425,34 @@ class SearchContext:
         if self.run is not None: self.run.write_json("reference.json", self.ref)
         return self.ref
 
+    def use_reference(self, r:"Reference"):
+        "Start from a reference built earlier (`search(reference=...)`): its model state, RNG state and epoch count."
+        self.ref, self.ref_snapshot = dict(r.ref), dict(bits={n: 8 for n in self.layers}, state=r.state)
+        self.restore(self.ref_snapshot); self.set_rng_state(r.rng); self.epochs = r.epochs
+        if self.run is not None: self.run.write_json("reference.json", self.ref)
+        return self.ref
+
+# %% ../nbs/08_search.ipynb #384653b7
+@dataclass(frozen=True)
+class Reference:
+    "A built INT8 reference: accuracies, model state, RNG state and epochs right after it (`search(reference=...)`)."
+    key:str; ref:dict; state:dict; rng:dict; epochs:int
+
+def _digest(h, t:torch.Tensor): h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+def reference_key(model:nn.Module, data, cfg:SearchConfig) -> str:
+    "What an INT8 reference depends on: float weights, data splits, quantizer, QAT recipe, calibration, batch size, seed, device."
+    import hashlib, json
+    h = hashlib.sha256()
+    for k, v in model.state_dict().items(): h.update(k.encode()); _digest(h, v)
+    if hasattr(data, "split"):                  # a DataBundle: split shapes and labels
+        for sp in ("train", "val", "test"):
+            x, y = data.split(sp); h.update(f"{sp}:{tuple(x.shape)}".encode()); _digest(h, y)
+    else: h.update(f"data-object:{id(data)}".encode())   # any other bundle (only `loader` is required): this very object
+    recipe = {k: to_jsonable(getattr(cfg, k)) for k in ("quant", "train", "int8_epochs", "calib_batches", "batch_size", "seed", "device")}
+    h.update(json.dumps(dict(recipe, data=getattr(data, "name", "?"), model=type(model).__name__), sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
 # %% ../nbs/08_search.ipynb #51acebd7
 @dataclass
 class SearchResult:
@@ -510,15 +539,19 @@ def search(model:nn.Module, # Trained float model (left unchanged)
            progress:bool=False, # tqdm bars for QAT
            meta:dict|None=None, # Extra facts for config.json (e.g. model_name for `get_model`)
            resume:bool=False, # Continue the interrupted run `out_dir/name` from its last completed step
-           evaluate_cancelled:bool=True # Measure a cancelled run's model on val/test (False: report nan and return at once)
+           evaluate_cancelled:bool=True, # Measure a cancelled run's model on val/test (False: report nan and return at once)
+           reference:Reference|None=None # INT8 reference of an earlier search with the same model, data and recipe (`result.int8`)
           ) -> SearchResult:
     "Run the search method `cfg` names on `model` and `data`."
     strat = strategy_for(cfg)
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     strat.validate(model, data)
+    if reference is not None and not resume and reference.key != reference_key(model, data, cfg):
+        raise SQError("the INT8 reference passed to search was built for another model, data or QAT recipe",
+                      "pass the `int8` of a search with the same model, data and config, or no reference (it is rebuilt)")
     if resume and (out_dir is None or name is None): raise SQError("resume needs the run's folder and name", "pass out_dir and name (CLI: --out and --resume NAME)")
     run = (RunDir.open_partial(out_dir, name) if resume else RunDir.create(out_dir, name, prefix=strat.name)) if out_dir is not None else None
-    ctx, ck = None, None
+    ctx, ck, int8 = None, None, None
     try:
         conf = dict(method=strat.name, **cfg.to_dict(), ours=strat.ours, data=getattr(data, "name", "?"),
                     model=type(model).__name__, num_classes=getattr(data, "num_classes", None),
@@ -542,8 +575,10 @@ def search(model:nn.Module, # Trained float model (left unchanged)
             if ctx.on_event is not None: ctx.on_event(_event_from_dict(ck["events"][0]))
         else:
             if run is not None and resume: run.rewrite_events([])
-            ref = ctx.build_reference()
-            if run is not None: run.save_torch("reference.pt", dict(state=ctx.ref_snapshot["state"], rng=ctx.rng_state(), epochs=ctx.epochs))
+            ref = ctx.use_reference(reference) if reference is not None else ctx.build_reference()
+            rng = ctx.rng_state()
+            int8 = reference or Reference(reference_key(model, data, cfg), dict(ref), ctx.ref_snapshot["state"], rng, ctx.epochs)
+            if run is not None: run.save_torch("reference.pt", dict(state=ctx.ref_snapshot["state"], rng=rng, epochs=ctx.epochs))
             ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, str(run.final_path) if run else None))
         gen = strat.steps(ctx)
         while True:
@@ -586,7 +621,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
                        [e for e in ctx.events if e["event"] == "StepFinished"], time.perf_counter() - ctx.t0, ctx.epochs,
                        choice.reason, None, to_jsonable(cfg), get_act_bits(ctx.model))
     ctx.emit(RunFinished(status, res.bits, acc, test_acc, costs, res.wall_s, res.epochs, choice.reason, res.a_bits))
-    res.model = ctx.model
+    res.model, res.int8 = ctx.model, int8       # int8: the `Reference` to hand to the next search (None after a resume)
     if run is not None:
         try:
             run.write_json("bits.json", res.bits)

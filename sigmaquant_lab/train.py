@@ -7,6 +7,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/train.html.md"""
 # %% ../nbs/06_train.ipynb #bc33e1e6
 from __future__ import annotations
 import math, time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -22,8 +23,8 @@ from .quant import observing
 from .models import get_model, check_model_input
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'make_optimizer', 'make_scheduler', 'evaluate', 'train_', 'calibrate_',
-           'float_model']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'make_optimizer', 'make_scheduler', 'cancel_points', 'evaluate', 'train_',
+           'calibrate_', 'float_model']
 
 # %% ../nbs/06_train.ipynb #64fc365a
 OPTIMIZERS, SCHEDULES = ("sgd", "adam"), ("cosine", "onecycle", "constant")
@@ -67,13 +68,26 @@ def _device_of(model):
 def _check_cancel(cancel):
     if cancel is not None and cancel.is_set(): raise Cancelled()
 
+@contextmanager
+def cancel_points(model:nn.Module, cancel):
+    "While inside, a `cancel` with `per_layer = True` is also checked at every Conv/Linear layer, forward and backward."
+    if cancel is None or not getattr(cancel, "per_layer", False): yield; return
+    def on_grad(g): _check_cancel(cancel)        # returns None: the gradient is left as it is
+    def on_forward(mod, inp, out):
+        _check_cancel(cancel)
+        if isinstance(out, torch.Tensor) and out.requires_grad: out.register_hook(on_grad)
+    hs = [m.register_forward_hook(on_forward) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try: yield
+    finally:
+        for h in hs: h.remove()
+
 def evaluate(model:nn.Module, loader:Iterable, bf16:bool=True,
              cancel=None) -> float: # Object with is_set(); checked before every batch
     "Top-1 accuracy of `model` on `loader` (0-1)."
     was = model.training; model.eval(); dev = _device_of(model)
     correct = torch.zeros((), device=dev, dtype=torch.long); n = 0
     try:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"), cancel_points(model, cancel):
             for xb, yb in loader:
                 _check_cancel(cancel)
                 xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
@@ -102,22 +116,23 @@ def train_(model:nn.Module, # Model to train in place (float or quantized)
     model.train(); step, loss_val = 0, float("nan")
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=cfg.bf16 and dev.type == "cuda")
     try:
-        for ep in range(cfg.epochs):
-            run_loss = torch.zeros((), device=dev); seen = 0
-            for b, (xb, yb) in enumerate(loader):
-                _check_cancel(cancel)
-                xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-                with torch.autocast(**amp):
-                    loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
-                opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
-                run_loss += loss.detach(); seen += 1; step += 1
-                if (b + 1) % every == 0 or b + 1 == nb:
-                    loss_val = (run_loss / seen).item()       # the only host sync, every `every` batches
-                    if not math.isfinite(loss_val):
-                        raise SQError(f"training loss became {loss_val} at epoch {ep+1} batch {b+1} ({desc})",
-                                      "lower the learning rate (--lr) or check the data for NaN/inf values")
-                    bar.update(b + 1 - bar.n + ep*nb); bar.set_postfix(loss=f"{loss_val:.3f}")
-                    if on_progress: on_progress(dict(what=desc, epoch=ep+1, epochs=cfg.epochs, batch=b+1, batches=nb, loss=loss_val))
+        with cancel_points(model, cancel):
+            for ep in range(cfg.epochs):
+                run_loss = torch.zeros((), device=dev); seen = 0
+                for b, (xb, yb) in enumerate(loader):
+                    _check_cancel(cancel)
+                    xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+                    with torch.autocast(**amp):
+                        loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+                    opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
+                    run_loss += loss.detach(); seen += 1; step += 1
+                    if (b + 1) % every == 0 or b + 1 == nb:
+                        loss_val = (run_loss / seen).item()       # the only host sync, every `every` batches
+                        if not math.isfinite(loss_val):
+                            raise SQError(f"training loss became {loss_val} at epoch {ep+1} batch {b+1} ({desc})",
+                                          "lower the learning rate (--lr) or check the data for NaN/inf values")
+                        bar.update(b + 1 - bar.n + ep*nb); bar.set_postfix(loss=f"{loss_val:.3f}")
+                        if on_progress: on_progress(dict(what=desc, epoch=ep+1, epochs=cfg.epochs, batch=b+1, batches=nb, loss=loss_val))
     finally: bar.close()
     return dict(loss=loss_val, epochs=cfg.epochs, steps=step, wall_s=time.perf_counter() - t0)
 
@@ -136,7 +151,7 @@ def calibrate_(model:nn.Module, # Quantized (or float) model, changed in place
     model.train() if bns else model.eval()
     n = 0
     try:
-        with observing(model):
+        with observing(model), cancel_points(model, cancel):
             for xb, _ in loader:
                 _check_cancel(cancel)
                 model(xb.to(dev, non_blocking=True)); n += 1
