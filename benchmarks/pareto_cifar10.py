@@ -215,7 +215,7 @@ def main(argv=None):
         return 0
     env = environment()
     t0 = time.perf_counter()
-    data = get_data(proto["data"], st, **({} if proto["data"] == "digits" else {"progress": True}))
+    data = get_data(proto["data"], st, progress=True)
     weights, fp32 = train_fp32(data, proto["model"], proto["fp32"], device, st.path_("data", "cache"))
     print(f"FP32 {proto['model']} on {data.name}: test {fp32['test_acc']:.2%}, val {fp32['val_acc']:.2%} ({weights.name})", file=sys.stderr)
     del data

@@ -58,9 +58,9 @@ class ConsoleReporter:
 def _floats(s): return None if s in (None, "") else float(s)
 
 def _data_kwargs(data_arg, quiet=False, image_size=None, sha256=None) -> dict:
-    "Keyword arguments for `get_data`: digits takes none; folders and zips take progress, image size and checksum."
-    if str(data_arg).lower() == "digits": return {}
-    return dict(progress=not quiet, **({"image_size": image_size} if image_size else {}), **({"sha256": sha256} if sha256 else {}))
+    "Keyword arguments for `get_data`; image size and checksum only reach folders and zips (digits has neither)."
+    extra = {} if str(data_arg).lower() == "digits" else {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v}
+    return dict(progress=not quiet, **extra)
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sigmaquant-lab` argument parser."

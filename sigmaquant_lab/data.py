@@ -529,11 +529,13 @@ DATA_NAMES = ("digits", "cifar10")
 
 def get_data(name:str, # "digits", "cifar10", or a path to an ImageFolder folder or .zip
              settings=None, # `Settings` (default: `load_settings()`); gives val_frac, seed, cache and data root
+             progress:bool|None=None, # Progress bar while decoding images (digits has nothing to decode; None: the loader's default)
              **kw # Passed to the loader (e.g. image_size, limit_per_class, val_frac, seed)
             ) -> DataBundle:
     "A `DataBundle` by name or path."
     s = settings or load_settings()
     key = str(name).strip()
+    if progress is not None and key.lower() != "digits": kw["progress"] = progress
     if key.lower() == "digits":
         return load_digits_bundle(**(dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed")) | kw))
     if key.lower() == "cifar10": return load_cifar10(s, **kw)

@@ -18,7 +18,7 @@ from .core import SQError, check_bits
 from .quant import quant_layers, qrange
 from .train import make_optimizer, make_scheduler
 from .search import SearchConfig, Search, PhaseStarted, register_strategy
-from .uniform import point_choice, _count
+from .uniform import point_choice, qat_cycles, _count
 
 # %% auto #0
 __all__ = ['round_ewgs', 'LearnedWidthQuantizer', 'round_widths', 'learned_size_frac', 'memory_penalty', 'DiffMPConfig', 'DiffMP']
@@ -231,7 +231,7 @@ class DiffMP(Search):
         for phase, total, joint in (("precision", c.precision_epochs, False), ("joint", c.joint_epochs, True)):
             if total == 0: continue
             yield PhaseStarted(phase, dict(epochs=total, penalty=c.penalty, target=c.budget.size_frac * (1 - c.margin)))
-            for k, e in enumerate([c.cycle_epochs] * (total // c.cycle_epochs) + ([total % c.cycle_epochs] if total % c.cycle_epochs else [])):
+            for k, e in enumerate(qat_cycles(total, c.cycle_epochs)):
                 self._train(ctx, e, f"{phase} {k}", joint)
                 acc = ctx.evaluate()
                 w = self._widths(ctx); bits = self._rounded(ctx, w[:, 0])

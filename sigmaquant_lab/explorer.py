@@ -75,8 +75,7 @@ def load_workbench(dataset:str="digits", # "digits", "cifar10", or a path to an 
                   ) -> Workbench:
     "Load data and float model and build the workbench."
     s = settings or load_settings()
-    kw = {} if str(dataset).lower() == "digits" else dict(progress=progress)
-    data = get_data(dataset, s, **kw)
+    data = get_data(dataset, s, progress=progress)
     cache = s.path_("data", "cache")
     if train_limit is not None and len(data.y_train) > train_limit:
         data = data.subset(train_limit)          # the float model's cache key carries the training-set size

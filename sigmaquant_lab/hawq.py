@@ -118,7 +118,7 @@ def budget_constraints(ctx) -> list:
     P = ctx.params.astype(np.float64)
     out = [(P[:, None] * bits[None] / (8 * P.sum()), b.size_frac)]
     if b.bops_frac is not None:
-        macs = ctx.hw.macs[[ctx.hw.index[n] for n in ctx.layers]]
+        macs = ctx.macs
         av = np.array([a[n] for n in ctx.layers], dtype=np.float64)
         out.append(((macs * av)[:, None] * bits[None] / (64 * macs.sum()), b.bops_frac))
     ref = ctx.hw.costs(8, mac=ctx.cfg.mac)

@@ -25,8 +25,8 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 # %% auto #0
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
-           'StateRef', 'SearchContext', 'Reference', 'reference_key', 'SearchResult', 'search', 'Search',
-           'FixedBitsConfig', 'FixedBits']
+           'StateRef', 'SearchContext', 'Reference', 'digest_state', 'reference_key', 'SearchResult', 'search',
+           'Search', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ class SearchConfig:
     mac:str="shift_add" # MAC array the energy/latency budgets refer to: shift_add | int8
     hardware:HardwareConfig=HardwareConfig() # Hardware cost model constants (settings.ini [hardware])
     # settings.ini sections a method's own fields are read from, after its own section ([amed], [hawq], ...);
-    # [search] holds SigmaQuant's Phase-1/2 keys, so only SigmaQuantConfig adds it
-    settings_sections = ("quant", "train")
+    # [search] holds SigmaQuant's Phase-1/2 keys, so only SigmaQuantConfig adds sections
+    settings_sections = ()
     def __post_init__(self):
         object.__setattr__(self, "bits", check_bits(self.bits))
         if self.act_bits is not None: object.__setattr__(self, "act_bits", check_bits(self.act_bits))
@@ -208,6 +208,7 @@ class SearchContext:
         self.pinned = self._pins()
         # one shape pass on a meta-device copy: no arithmetic, any model size
         self.hw = CostModel.from_model(copy.deepcopy(model).to("meta"), tuple(data.in_shape), hw=cfg.hardware)
+        self.macs = np.asarray(self.hw.macs, dtype=float)[[self.hw.index[n] for n in self.layers]]   # MACs per layer, layer order
 
     def _pins(self):
         p = self.cfg.pin_first_last
@@ -440,11 +441,16 @@ class Reference:
 
 def _digest(h, t:torch.Tensor): h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
+def digest_state(h, state:dict):
+    "Feed a state dict (names and raw tensor bytes, in order) into the hashlib object `h`; returns `h`."
+    for k, v in state.items(): h.update(k.encode()); _digest(h, v)
+    return h
+
 def reference_key(model:nn.Module, data, cfg:SearchConfig) -> str:
     "What an INT8 reference depends on: float weights, data splits, quantizer, QAT recipe, calibration, batch size, seed, device."
     import hashlib, json
     h = hashlib.sha256()
-    for k, v in model.state_dict().items(): h.update(k.encode()); _digest(h, v)
+    digest_state(h, model.state_dict())
     if hasattr(data, "split"):                  # a DataBundle: split shapes and labels
         for sp in ("train", "val", "test"):
             x, y = data.split(sp); h.update(f"{sp}:{tuple(x.shape)}".encode()); _digest(h, y)

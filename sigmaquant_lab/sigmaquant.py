@@ -195,8 +195,7 @@ class SigmaQuant(Search):
             _, kl = ctx.kl(cur["bits"], c.kl_norm)
             direction, saving, amoves = (+1 if short else -1), None, {}
             if ctx.search_act and (short or "size_frac" not in over) and (short or "bops_frac" in over):
-                macs = np.array([ctx.hw.macs[ctx.hw.index[n]] for n in ctx.layers], dtype=float)
-                moves, amoves = joint_moves(ctx.layers, cur["bits"], cur["a_bits"], kl, ctx.act_kl(cur["a_bits"]), macs, c.bits,
+                moves, amoves = joint_moves(ctx.layers, cur["bits"], cur["a_bits"], kl, ctx.act_kl(cur["a_bits"]), ctx.macs, c.bits,
                                             ctx.act_candidates, direction, c.layers_per_step, c.bit_step, frozen, {ctx.layers[0]})
             else:
                 if not short and "size_frac" not in over:    # only energy/latency over: rank by KL per unit saved

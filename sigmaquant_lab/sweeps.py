@@ -19,7 +19,7 @@ from .data import get_data
 from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
-from .search import search, SearchConfig, STRATEGIES, config_class_for, StepFinished
+from .search import search, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
@@ -170,13 +170,13 @@ def method_config(method:str, # Registered method name
     st = settings or load_settings(sc.settings)
     cls = config_class_for(method)
     names = {f.name for f in fields(cls)}
-    base = (cls if issubclass(cls, SigmaQuantConfig) else SearchConfig).from_settings(st)
-    kw = {f.name: getattr(base, f.name) for f in fields(type(base))}
+    base = cls.from_settings(st)
+    kw = {f.name: getattr(base, f.name) for f in fields(cls)}
     for k in [k for k in kw if k in {f.name for f in fields(SearchConfig)} and _own_default(cls, k)]: kw.pop(k)
     over = dict(budget=budget, seed=seed, device=sc.device, bits=sc.bits, int8_epochs=sc.int8_epochs, e1=sc.e1, e2=sc.e2,
                 rounds1=sc.rounds1, max_steps=sc.max_steps, epochs=sc.epochs, batch_size=sc.batch_size)
     kw.update({k: v for k, v in over.items() if v is not None and k in names})
-    if sc.quantizer: kw["quant"] = replace(kw.get("quant", SearchConfig().quant), quantizer=sc.quantizer)
+    if sc.quantizer: kw["quant"] = replace(kw["quant"], quantizer=sc.quantizer)
     mo = dict(sc.method_overrides.get(method, {}))
     bad = sorted(set(mo) - names)
     if bad: raise SQError(f"method_overrides for {method} name unknown field(s) {bad}", f"use fields of {cls.__name__}: {', '.join(sorted(names))}")
@@ -434,16 +434,12 @@ def load_sweep(path) -> SweepResult:
     d = json.loads(p.read_text())
     return SweepResult(d["rows"], d["failures"], d["config"], d["wall_s"], str(p.parent), d["backend"], d.get("interrupted", False))
 
-def _float_sha1(state:dict) -> str:
-    h = hashlib.sha1()
-    for k, v in state.items(): h.update(k.encode()); h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+def _float_sha1(state:dict) -> str: return digest_state(hashlib.sha1(), state).hexdigest()[:16]
 
 def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     "Data bundle, float state_dict and run meta of a sweep (the float model is trained once, here, and cached)."
     st = settings or load_settings(sc.settings)
-    dkw = {} if sc.data.lower() == "digits" else dict(progress=progress)
-    data = get_data(sc.data, st, **dkw)
+    data = get_data(sc.data, st, progress=progress)
     if sc.limit: data = data.subset(sc.limit)
     model_name = sc.model or ("digits_cnn" if data.name == "digits" else "resnet20")
     fp_epochs = st.int("train", "fp_epochs") if sc.fp_epochs is None else sc.fp_epochs

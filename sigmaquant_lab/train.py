@@ -64,7 +64,6 @@ def _device_of(model):
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
-@torch.no_grad()
 def _check_cancel(cancel):
     if cancel is not None and cancel.is_set(): raise Cancelled()
 
@@ -81,6 +80,7 @@ def cancel_points(model:nn.Module, cancel):
     finally:
         for h in hs: h.remove()
 
+@torch.no_grad()
 def evaluate(model:nn.Module, loader:Iterable, bf16:bool=True,
              cancel=None) -> float: # Object with is_set(); checked before every batch
     "Top-1 accuracy of `model` on `loader` (0-1)."
