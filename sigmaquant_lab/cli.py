@@ -17,7 +17,7 @@ from .data import get_data
 from .models import get_model, check_model_input
 from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
-from .search import search, SearchResult, PhaseStarted, Progress, StepFinished, RunFinished, RunStarted
+from .search import search, check_budgets, SearchResult, PhaseStarted, Progress, StepFinished, RunFinished, RunStarted
 from .sigmaquant import SigmaQuantConfig
 # every search method registers itself on import: the CLI offers (and resumes) all of them
 import sigmaquant_lab.uniform, sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp
@@ -213,6 +213,7 @@ def cmd_search(a, out=None) -> int:
     data = get_data(a.data, st, **_data_kwargs(a.data, a.quiet, a.image_size, a.sha256))
     if a.limit: data = data.subset(a.limit)
     model_name = a.model or ("digits_cnn" if data.name == "digits" else "resnet20")
+    check_budgets(get_model(model_name, data.num_classes, data.in_shape), data, cfg)   # a budget below the floor: refused before training
     fp_epochs = st.int("train", "fp_epochs") if a.fp_epochs is None else a.fp_epochs
     model = float_model(data, model_name, weights=a.weights, epochs=fp_epochs, lr=st.float("train", "fp_lr"),
                         batch_size=cfg.batch_size, seed=seed, device=device, cache_dir=st.path_("data", "cache"), progress=not a.quiet)

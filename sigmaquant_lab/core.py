@@ -115,9 +115,9 @@ DEFAULT_SETTINGS = {
                    clusters="4", lambda0="0.0", lambda_step="0.1", rounds1="3", sigma_norm="minmax",
                    delta_acc="0.01", delta_size="0.05", kl_norm="kl2", bit_step="2", layers_per_step="2",
                    patience="3", max_steps="40"),
-    "quant": dict(quantizer="minmax", narrow_range="true", a_bits="8", act_percentile="99.9", pin_first_last=""),
-    "train": dict(fp_epochs="15", int8_epochs="1", e1="4", e2="2", optimizer="sgd", lr="0.01", fp_lr="0.05",
-                  momentum="0.9", weight_decay="0.0005", schedule="cosine", calib_batches="8", device="auto"),
+    "quant": dict(quantizer="lsq", step_init="mse", narrow_range="true", a_bits="8", act_percentile="99.9", pin_first_last=""),
+    "train": dict(fp_epochs="15", int8_epochs="1", e1="4", e2="2", optimizer="sgd", lr="0.02", fp_lr="0.05",
+                  momentum="0.9", weight_decay="0.0001", schedule="onecycle", label_smoothing="0.1", calib_batches="8", device="auto"),
     "hardware": dict(node="TSMC 28 nm, 0.9 V", clock_mhz="600"),
     "explorer": dict(host="127.0.0.1", port="5006"),
 }
@@ -164,13 +164,13 @@ class Budget:
         "Fail early when the size (or BOPs) budget is below what the smallest candidate widths can reach."
         lo = min(check_bits(bits)) / 8
         if self.size_frac < lo - 1e-9:
-            raise SQError(f"size budget {self.size_frac:.0%} of INT8 is infeasible: all layers at {min(bits)} bits "
-                          f"still take {lo:.0%}", f"raise --size-frac to at least {lo:.3g} or add a smaller bit width")
+            raise SQError(f"size budget {self.size_frac:.0%} of INT8 is infeasible: below the floor of the candidate set, {lo:.1%} "
+                          f"(every layer at {min(bits)} bits)", f"raise --size-frac to at least {lo:.3g} or add a smaller bit width")
         if self.bops_frac is not None:
             blo = lo * min(check_bits(act_bits or bits)) / 8
             if self.bops_frac < blo - 1e-9:
-                raise SQError(f"BOPs budget {self.bops_frac:.1%} of INT8 is infeasible: the smallest widths still take {blo:.1%}",
-                              f"raise --bops-frac to at least {blo:.3g}")
+                raise SQError(f"BOPs budget {self.bops_frac:.1%} of INT8 is infeasible: below the floor of the candidate set, {blo:.1%} "
+                              f"(the smallest weight and activation widths)", f"raise --bops-frac to at least {blo:.3g}")
         return self
 
 # %% ../nbs/00_core.ipynb #4ed2dc51

@@ -201,7 +201,9 @@ def load_packed(path:str|Path, # File written by `export_packed`
     quantize_(model, {n: QuantConfig(w_bits=e["bits"], **{k: e.get(k, h["quant"][k]) for k in _QCFG_KEYS}) for n, e in layers.items()})
     ql, sd = quant_layers(model), {}
     for i, (n, e) in enumerate(layers.items()):
-        if e["bits"] is None: sd[f"{n}.weight"] = t[f"{n}.weight"]
+        if e["bits"] is None:
+            sd[f"{n}.weight"] = t[f"{n}.weight"]
+            if hasattr(ql[n].weight_quant, "step"): sd[f"{n}.weight_quant.step"] = ql[n].weight_quant.step.detach().clone()   # unused: the layer is float
         else:
             codes = unpack_bits(t[f"{n}.weight.packed"], e["bits"], math.prod(e["shape"]))
             q = (torch.from_numpy(codes).to(torch.int16) + qrange(e["bits"], True, e["narrow"])[0]).reshape(e["shape"])
@@ -316,13 +318,7 @@ def _act_qparams(name:str, m, x:torch.Tensor):
         raise SQError(f"layer {name} has an uncalibrated activation quantizer (it passes floats through)",
                       "calibrate the model (calibrate_(model, loader)) before exporting")
     qmax = qrange(a.bits, False)[1]
-    with torch.no_grad():
-        if a.mode == "lsq": s = grad_scale(a.step.abs().clamp_min(1e-8), 1.0/math.sqrt(max(x[0].numel(), 1)*qmax))
-        else: s = ((a.hi - a.lo) / qmax).clamp_min(1e-8)
-        z = torch.round(-a.lo / s)
-    if not 0 <= z.item() <= 255:
-        raise SQError(f"layer {name}: activation zero point {z.item():.0f} is outside uint8 [0, 255] (range lo={a.lo.item():.4g})",
-                      "recalibrate the model (calibrate_) so its activation ranges contain 0")
+    with torch.no_grad(): s, z = a.qparams(x)
     clip = (None, None) if a.bits == 8 else ((0 - z) * s, (qmax - z) * s)
     f32 = lambda v: None if v is None else v.detach().cpu().float().reshape(()).clone()
     return f32(s), z.detach().cpu().to(torch.uint8).reshape(()).clone(), f32(clip[0]), f32(clip[1])

@@ -329,10 +329,14 @@ class HWCosts:
     @property
     def batch(self) -> bool: return self.w_bits.ndim > 1
 
+    @property
+    def bops_int8(self) -> float: return float(64 * self.layer_macs.sum())   # W8A8: 8·8 bit operations per MAC
+
     def vs_int8(self) -> dict:
-        "Fractions of the INT8 reference: energy, latency, MAC area and weight size."
+        "Fractions of the INT8 reference: energy, latency, MAC area, weight size and BOPs (the one place these ratios are taken)."
         return dict(energy_frac=self.energy_pj / self.energy_pj_int8, latency_frac=self.latency_us / self.latency_us_int8,
-                    area_frac=self.area_um2 / self.area_um2_int8, size_frac=self.size_bytes / self.size_bytes_int8)
+                    area_frac=self.area_um2 / self.area_um2_int8, size_frac=self.size_bytes / self.size_bytes_int8,
+                    bops_frac=self.bops / self.bops_int8)
 
     def summary(self) -> dict:
         "Totals and INT8 fractions as plain floats (lists for a batch), for run records and events."

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from .core import SQError, check_bits
 
 # %% auto #0
-__all__ = ['QUANTIZERS', 'QUANT_CLASSES', 'UNSUPPORTED', 'round_ste', 'grad_scale', 'qrange', 'fake_quant', 'WeightQuantizer',
-           'ActQuantizer', 'QuantMixin', 'QuantConv2d', 'QuantLinear', 'QuantConfig', 'is_quantizable',
-           'quantizable_layers', 'quant_layers', 'unsupported_layers', 'quantize_', 'get_bits', 'get_act_bits',
-           'set_bits_', 'observing', 'weight_size_bytes']
+__all__ = ['QUANTIZERS', 'STEP_INITS', 'QUANT_CLASSES', 'UNSUPPORTED', 'round_ste', 'grad_scale', 'qrange', 'fake_quant',
+           'mse_step', 'init_step', 'WeightQuantizer', 'ActQuantizer', 'QuantMixin', 'QuantConv2d', 'QuantLinear',
+           'QuantConfig', 'is_quantizable', 'quantizable_layers', 'quant_layers', 'unsupported_layers', 'quantize_',
+           'get_bits', 'get_act_bits', 'set_bits_', 'observing', 'bad_steps', 'weight_size_bytes']
 
 # %% ../nbs/01_quant.ipynb #d408115f
 def round_ste(x:torch.Tensor) -> torch.Tensor:
@@ -42,17 +42,51 @@ def qrange(bits:int, # Bit width
         return (-qmax if narrow else -qmax-1), qmax
     return 0, 2**bits - 1
 
-def fake_quant(x:torch.Tensor, scale, qmin:int, qmax:int, zero_point=0.) -> torch.Tensor:
-    "Quantize-dequantize `x` with straight-through rounding."
-    q = round_ste(torch.clamp(x/scale + zero_point, qmin, qmax))  # clamp first: STE gradient is 1 inside the range
-    return (q - zero_point) * scale
+_ON = torch.ones(1, dtype=torch.long)
+
+class _FakeQuant(torch.autograd.Function):
+    "Quantize-dequantize in one node: torch's fused kernel (value and in-range mask in one pass); STE for `x`, LSQ's gradient for `scale`."
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):
+        xf = x if x.dtype == torch.float32 else x.float()
+        zi = zero_point.detach().round().to(torch.int32)
+        if scale.numel() == 1:
+            out, inside = torch.ops.aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+                xf, scale.detach().float().reshape(1), zi.reshape(1), _ON.to(x.device), qmin, qmax)
+        else:   # one scale per output channel (dim 0)
+            out, inside = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
+                xf, scale.detach().float().flatten(), zi.expand(scale.shape).flatten().contiguous(), 0, qmin, qmax)
+        ctx.save_for_backward(xf, out, inside, scale)
+        return out
+    @staticmethod
+    def backward(ctx, g):
+        x, out, inside, scale = ctx.saved_tensors
+        gx = g * inside        # straight through where round(x/s) + z lands inside [qmin, qmax]
+        gs = None
+        if ctx.needs_input_grad[1]:   # d out/d s = (q - z) - x/s inside the range, (q - z) outside; (q - z) = out/s
+            if scale.numel() == 1: gs = ((torch.vdot(g.flatten(), out.flatten()) - torch.vdot(gx.flatten(), x.flatten())) / scale).reshape(scale.shape)
+            else: gs = (g * out - gx * x).sum_to_size(scale.shape) / scale
+        return gx if ctx.needs_input_grad[0] else None, gs, None, None, None
+
+def fake_quant(x:torch.Tensor, scale, # A positive scale: a scalar or one per channel of dim 0, broadcastable to `x`
+               qmin:int, qmax:int, zero_point=0. # An integer zero point within [qmin, qmax]
+              ) -> torch.Tensor:
+    "Quantize-dequantize `x` with straight-through rounding (gradient 1 where round(x/s)+z is inside the range, 0 outside)."
+    if not isinstance(scale, torch.Tensor): scale = torch.tensor(float(scale), device=x.device)
+    if not isinstance(zero_point, torch.Tensor): zero_point = torch.tensor(float(zero_point), device=x.device)
+    return _FakeQuant.apply(x, scale, zero_point, qmin, qmax)
 
 # %% ../nbs/01_quant.ipynb #66031ce0
 QUANTIZERS = ("minmax", "lsq")
+STEP_INITS = ("mse", "lsq", "minmax")
 
 def _check_mode(mode):
     if mode not in QUANTIZERS: raise SQError(f"quantizer {mode!r} is unknown", f"use one of {', '.join(QUANTIZERS)}")
     return mode
+
+def _check_init(init):
+    if init not in STEP_INITS: raise SQError(f"step_init {init!r} is unknown", f"use one of {', '.join(STEP_INITS)}")
+    return init
 
 def _check_qbits(bits, what="weight"):
     if bits is None: return None
@@ -60,27 +94,58 @@ def _check_qbits(bits, what="weight"):
         raise SQError(f"{what} bits {bits!r} cannot be quantized", f"use an integer width from 2 to 8 (None keeps the {what}s in float)")
     return bits
 
+@torch.no_grad()
+def mse_step(a:torch.Tensor, # |values| (or values minus the lower bound), one row per step to fit: (rows, n)
+             qmax:int, # Largest integer level
+             grid:int=64 # Candidate steps between max/qmax/grid and max/qmax
+            ) -> torch.Tensor:
+    "Per-row step minimising the quantisation error `Σ (a - s·clamp(round(a/s), 0, qmax))²`."
+    top = a.amax(1).clamp_min(1e-8) / qmax
+    best, err = top.clone(), torch.full_like(top, float("inf"))
+    for k in range(1, grid + 1):
+        s = top * k / grid
+        e = ((a - s[:, None] * torch.clamp(torch.round(a / s[:, None]), 0, qmax))**2).sum(1)
+        better = e < err; best[better], err[better] = s[better], e[better]
+    return best
+
+def init_step(a:torch.Tensor, # |values|, one row per step: (rows, n)
+              qmax:int, # Largest integer level
+              init:str="mse" # mse | lsq (2·mean/√qmax, the LSQ paper's) | minmax (max/qmax)
+             ) -> torch.Tensor:
+    "Initial step size per row."
+    if init == "minmax": s = a.amax(1) / qmax
+    elif init == "lsq": s = 2 * a.mean(1) / math.sqrt(qmax)
+    else: s = mse_step(a, qmax)
+    return s.clamp_min(1e-8)
+
 class WeightQuantizer(nn.Module):
     "Per-output-channel symmetric weight fake-quantizer (min-max or learned step)."
     def __init__(self, weight:torch.Tensor, # The weight it will quantize (sets channels and LSQ init)
                  bits:int|None=8, # Bit width; None = identity
                  mode:str="minmax", # "minmax" or "lsq"
-                 narrow:bool=True): # Symmetric narrow range (W2 = ternary)
+                 narrow:bool=True, # Symmetric narrow range (W2 = ternary)
+                 init:str="mse"): # LSQ step initialisation: mse | lsq | minmax
         super().__init__()
-        self.mode, self.narrow, self.bits = _check_mode(mode), narrow, _check_qbits(bits)
-        if mode == "lsq": self.step = nn.Parameter(self._minmax_scale(weight.detach()).flatten().clone())
+        self.mode, self.narrow, self.bits, self.init = _check_mode(mode), narrow, _check_qbits(bits), _check_init(init)
+        if mode == "lsq": self.step = nn.Parameter(self.init_step(weight))
 
     @property
-    def qmax(self): return qrange(self.bits, True, self.narrow)[1]
+    def qmax(self): return qrange(self.bits or 8, True, self.narrow)[1]
 
     def _minmax_scale(self, w):
         m = w.abs().flatten(1).amax(1) if w.dim() > 1 else w.abs().amax().reshape(1)
         return (m / self.qmax).clamp_min(1e-8).view(-1, *[1]*(w.dim()-1))
 
+    @torch.no_grad()
+    def init_step(self, w:torch.Tensor) -> torch.Tensor:
+        "The LSQ step (one per output channel) that `init` gives `w` at the current width."
+        a = w.detach().float().abs().flatten(1) if w.dim() > 1 else w.detach().float().abs().reshape(1, -1)
+        return init_step(a, self.qmax, self.init).to(w.dtype)
+
     def scale(self, w:torch.Tensor) -> torch.Tensor:
         "Per-channel scale, shaped to broadcast against `w`."
         if self.mode == "minmax": return self._minmax_scale(w.detach())
-        g = 1.0 / math.sqrt(w[0].numel() * self.qmax)
+        g = 1.0 / math.sqrt(w[0].numel() * self.qmax)      # LSQ gradient scale: 1/√(weights per step · qmax)
         return grad_scale(self.step.abs().clamp_min(1e-8), g).view(-1, *[1]*(w.dim()-1))
 
     def forward(self, w):
@@ -90,9 +155,11 @@ class WeightQuantizer(nn.Module):
 
     @torch.no_grad()
     def set_bits(self, bits:int|None, w:torch.Tensor|None=None):
-        "Change the bit width in place; LSQ re-initialises its step from `w` (no new parameters)."
-        self.bits = _check_qbits(bits)
-        if self.mode == "lsq" and bits is not None and w is not None: self.step.copy_(self._minmax_scale(w).flatten())
+        "Change the bit width in place; on a new width LSQ re-initialises its step from `w` (same parameter, new values)."
+        old, self.bits = self.bits, _check_qbits(bits)
+        if self.mode != "lsq" or bits is None or bits == old: return   # same width: keep the learned step
+        if w is not None: self.step.copy_(self.init_step(w))
+        elif old is not None: self.step.mul_(qrange(old, True, self.narrow)[1] / self.qmax)   # no weights at hand: same range, new grid
 
     @torch.no_grad()
     def int_repr(self, w:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +167,7 @@ class WeightQuantizer(nn.Module):
         s = self.scale(w); lo, hi = qrange(self.bits, True, self.narrow)
         return torch.clamp((w/s).round(), lo, hi).to(torch.int8), s.flatten()
 
-    def extra_repr(self): return f"bits={self.bits}, mode={self.mode}, narrow={self.narrow}"
+    def extra_repr(self): return f"bits={self.bits}, mode={self.mode}, narrow={self.narrow}" + (f", init={self.init}" if self.mode == "lsq" else "")
 
 # %% ../nbs/01_quant.ipynb #e6e2b448
 class ActQuantizer(nn.Module):
@@ -108,29 +175,51 @@ class ActQuantizer(nn.Module):
     def __init__(self, bits:int|None=8, # Bit width; None = identity
                  mode:str="minmax", # "minmax" (calibrated range) or "lsq" (learned step)
                  percentile:float=99.9, # Upper percentile of the calibration data used as the range
-                 ema:float|None=None): # EMA momentum for range updates during training; None = frozen
+                 ema:float|None=None, # EMA momentum for range updates during training; None = frozen
+                 init:str="mse"): # LSQ step initialisation from the calibration data: mse | lsq | minmax
         super().__init__()
         self.bits, self.mode, self.percentile, self.ema = _check_qbits(bits, "activation"), _check_mode(mode), percentile, ema
+        self.init = _check_init(init)
         self.register_buffer("lo", torch.zeros(())); self.register_buffer("hi", torch.ones(()))
         self.register_buffer("calibrated", torch.zeros((), dtype=torch.bool))
+        # a sample of the calibration inputs (not saved): a width change re-initialises the step from it
+        self.register_buffer("sample", torch.zeros(0), persistent=False)
         if mode == "lsq": self.step = nn.Parameter(torch.ones(()))
-        self.observing, self._obs = False, []
+        self.observing, self._obs, self._refit = False, [], False
 
     def _percentiles(self, x):
         x = x.detach().float().flatten()
         if x.numel() > 65536: x = x[torch.randint(0, x.numel(), (65536,), device=x.device)]
         p = self.percentile/100
         hi = torch.quantile(x, p); lo = torch.quantile(x, 1-p)
-        return torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, lo + 1e-6)
+        return torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, lo + 1e-6), x[:8192]
+
+    @torch.no_grad()
+    def init_step(self) -> torch.Tensor:
+        "The LSQ step that `init` gives the calibration sample at the current width (range/qmax without a sample)."
+        qmax = qrange(self.bits or 8, False)[1]
+        if self.init == "minmax" or self.sample.numel() == 0: return ((self.hi - self.lo) / qmax).clamp_min(1e-8)
+        return init_step((self.sample - self.lo).clamp_min(0)[None], qmax, self.init)[0]
 
     @torch.no_grad()
     def finish_observing(self):
-        "Freeze the range averaged over the observed batches."
+        "Freeze the range averaged over the observed batches (LSQ: initialise the step from them)."
         if self._obs:
-            lo, hi = (torch.stack(v).mean() for v in zip(*self._obs))
-            self.lo.copy_(lo); self.hi.copy_(hi); self.calibrated.fill_(True)
-            if self.mode == "lsq": self.step.copy_((hi - lo) / qrange(self.bits or 8, False)[1])
+            lo, hi, xs = zip(*self._obs)
+            first = not bool(self.calibrated)
+            self.lo.copy_(torch.stack(lo).mean()); self.hi.copy_(torch.stack(hi).mean()); self.calibrated.fill_(True)
+            self.sample = torch.cat(xs)[:65536]
+            # LSQ: the step is fitted to data on the first calibration and after a width change, else it keeps what QAT learned
+            if self.mode == "lsq" and (first or self._refit): self.step.copy_(self.init_step())
+            self._refit = False
         self.observing, self._obs = False, []
+
+    @torch.no_grad()
+    def set_bits(self, bits:int|None):
+        "Change the width in place; on a new width a calibrated LSQ step is re-initialised for the new grid."
+        old, self.bits = self.bits, _check_qbits(bits, "activation")
+        if self.mode == "lsq" and bits is not None and old != bits and bool(self.calibrated):
+            self.step.copy_(self.init_step()); self._refit = True   # fitted to the last sample now, to fresh data at the next calibration
 
     def forward(self, x):
         if self.bits is None: return x
@@ -139,14 +228,17 @@ class ActQuantizer(nn.Module):
         if not bool(self.calibrated): return x
         if self.ema and self.training:
             with torch.no_grad():
-                lo, hi = self._percentiles(x)
+                lo, hi, _ = self._percentiles(x)
                 self.lo.lerp_(lo, self.ema); self.hi.lerp_(hi, self.ema)
+        s, z = self.qparams(x)
+        return fake_quant(x, s, *qrange(self.bits, False), z)
+
+    def qparams(self, x:torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        "(scale, zero point) the forward pass uses for input `x` (LSQ: the step, with its gradient scale); export uses the same."
         qmin, qmax = qrange(self.bits, False)
-        if self.mode == "lsq":
-            s = grad_scale(self.step.abs().clamp_min(1e-8), 1.0/math.sqrt(max(x[0].numel(), 1)*qmax))
+        if self.mode == "lsq": s = grad_scale(self.step.abs().clamp_min(1e-8), 1.0/math.sqrt(max(x[0].numel(), 1)*qmax))
         else: s = ((self.hi - self.lo) / qmax).clamp_min(1e-8)
-        z = torch.round(-self.lo / s).detach()
-        return fake_quant(x, s, qmin, qmax, z)
+        return s, torch.round(-self.lo / s).clamp(qmin, qmax).detach()   # an integer hardware can hold
 
     def extra_repr(self): return f"bits={self.bits}, mode={self.mode}, p={self.percentile}, range=({self.lo.item():.3g}, {self.hi.item():.3g})"
 
@@ -154,8 +246,8 @@ class ActQuantizer(nn.Module):
 class QuantMixin:
     "Shared parts of quant layers: quantizers, bits, integer view."
     def _attach(self, cfg:"QuantConfig"):
-        self.weight_quant = WeightQuantizer(self.weight, cfg.w_bits, cfg.quantizer, cfg.narrow_range).to(self.weight.device)
-        self.act_quant = ActQuantizer(cfg.a_bits, cfg.quantizer, cfg.act_percentile, cfg.act_ema).to(self.weight.device)
+        self.weight_quant = WeightQuantizer(self.weight, cfg.w_bits, cfg.quantizer, cfg.narrow_range, cfg.step_init).to(self.weight.device)
+        self.act_quant = ActQuantizer(cfg.a_bits, cfg.quantizer, cfg.act_percentile, cfg.act_ema, cfg.step_init).to(self.weight.device)
         self.qconfig = cfg
         return self
     @property
@@ -185,12 +277,13 @@ class QuantConfig:
     "How one layer is fake-quantized."
     w_bits:int|None=8 # Weight bits (None = float)
     a_bits:int|None=8 # Input-activation bits (None = float)
-    quantizer:str="minmax" # "minmax" (paper) or "lsq" (learned step size)
+    quantizer:str="lsq" # "lsq" (learned step size, the default) or "minmax" (the paper's)
     narrow_range:bool=True # Symmetric weight grid without -2^(b-1)
     act_percentile:float=99.9 # Calibration percentile for activation ranges
     act_ema:float|None=None # EMA momentum for activation ranges during QAT (None = frozen)
+    step_init:str="mse" # LSQ step initialisation: mse (least squared error) | lsq (2·mean/√qmax) | minmax (max/qmax)
     def __post_init__(self):
-        _check_qbits(self.w_bits); _check_qbits(self.a_bits, "activation"); _check_mode(self.quantizer)
+        _check_qbits(self.w_bits); _check_qbits(self.a_bits, "activation"); _check_mode(self.quantizer); _check_init(self.step_init)
         if not 50 < self.act_percentile <= 100:
             raise SQError(f"act_percentile={self.act_percentile} is outside (50, 100]", "use e.g. 99.9")
 
@@ -267,7 +360,7 @@ def set_bits_(model:nn.Module, # Quantized model (see `quantize_`)
         if bad: raise SQError(f"bits {bad} are outside the candidate set {set(cs)}", f"use widths from {sorted(cs)}")
     for n, b in bit_map.items():
         m = ql[n]
-        if act: m.act_quant.bits = _check_qbits(b, "activation")
+        if act: m.act_quant.set_bits(b)
         else: m.weight_quant.set_bits(b, m.weight)
     return model
 
@@ -280,6 +373,15 @@ def observing(model:nn.Module):
     try: yield model
     finally:
         for a in aqs: a.finish_observing()
+
+def bad_steps(model:nn.Module) -> dict[str, float]:
+    "LSQ steps that collapsed to zero or became NaN/inf: {'layer.weight_quant' | 'layer.act_quant': worst value}."
+    qs = {f"{n}.{k}": q for n, m in quant_layers(model).items() for k, q in (("weight_quant", m.weight_quant), ("act_quant", m.act_quant))
+          if q.bits is not None and isinstance(getattr(q, "step", None), torch.Tensor)}
+    if not qs: return {}
+    # smallest |step| per quantizer, NaN where any step is not finite; one host sync for the whole model
+    worst = torch.stack([torch.where(q.step.isfinite(), q.step.abs(), float("nan")).min() for q in qs.values()]).detach().cpu()
+    return {k: float(v) for k, v in zip(qs, worst) if not math.isfinite(v) or v < 1e-8}
 
 def weight_size_bytes(model:nn.Module, # Model (float or quantized)
                       bit_map:dict|None=None, # {layer: w_bits}; default: the model's current bits (8 for float layers)

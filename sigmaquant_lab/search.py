@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .core import (SQError, Cancelled, Budget, check_bits, seed_everything, resolve_device,
                                  load_settings, to_jsonable)
-from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, weight_size_bytes
+from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
@@ -25,8 +25,8 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 # %% auto #0
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
-           'StateRef', 'SearchContext', 'Reference', 'digest_state', 'reference_key', 'SearchResult', 'search',
-           'Search', 'FixedBitsConfig', 'FixedBits']
+           'StateRef', 'cost_model', 'cost_floor', 'check_floor', 'check_budgets', 'SearchContext', 'Reference',
+           'digest_state', 'reference_key', 'SearchResult', 'search', 'Search', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -85,6 +85,10 @@ class SearchConfig:
     def __post_init__(self):
         object.__setattr__(self, "bits", check_bits(self.bits))
         if self.act_bits is not None: object.__setattr__(self, "act_bits", check_bits(self.act_bits))
+        a8 = self.quant.a_bits
+        if getattr(self.budget, "bops_frac", None) is not None and a8 is not None and a8 not in (self.act_bits or self.bits):
+            raise SQError(f"activation candidates {self.act_bits or self.bits} exclude {a8}, the INT8 reference's activation width",
+                          f"add {a8} to --act-bits (the search starts from the reference and keeps the image input at {a8} bits)")
         if self.mac not in MAC_TYPES: raise SQError(f"mac={self.mac!r} is unknown", f"use one of {', '.join(MAC_TYPES)}")
         if not isinstance(self.budget, Budget): raise SQError(f"budget {self.budget!r} is not a Budget", "pass Budget(max_acc_drop=..., size_frac=...)")
         for k in ("int8_epochs", "e1", "e2", "calib_batches", "batch_size"):
@@ -104,10 +108,11 @@ class SearchConfig:
                                 s.optfloat("search", "energy_frac"), s.optfloat("search", "latency_frac"), s.optfloat("search", "bops_frac")),
                   act_bits=tuple(s.ints("search", "act_bits")) or None,
                   quant=QuantConfig(a_bits=s.int("quant", "a_bits"), quantizer=s.str("quant", "quantizer"),
-                                    narrow_range=s.bool("quant", "narrow_range"), act_percentile=s.float("quant", "act_percentile")),
+                                    narrow_range=s.bool("quant", "narrow_range"), act_percentile=s.float("quant", "act_percentile"),
+                                    step_init=s.str("quant", "step_init")),
                   train=TrainConfig(lr=s.float("train", "lr"), optimizer=s.str("train", "optimizer"),
                                     momentum=s.float("train", "momentum"), weight_decay=s.float("train", "weight_decay"),
-                                    schedule=s.str("train", "schedule")),
+                                    schedule=s.str("train", "schedule"), label_smoothing=s.float("train", "label_smoothing", 0, 0.999)),
                   int8_epochs=s.int("train", "int8_epochs"), e1=s.int("train", "e1"), e2=s.int("train", "e2"),
                   calib_batches=s.int("train", "calib_batches"), batch_size=s.int("data", "batch_size"),
                   pin_first_last=pin, seed=s.int("data", "seed"), device=s.str("train", "device"),
@@ -186,10 +191,46 @@ def _state(st):
     d = torch.load(st.path, map_location="cpu", weights_only=False)
     return d if st.key is None else d[st.key]
 
+def cost_model(model:nn.Module, data, cfg:SearchConfig) -> CostModel:
+    "The hardware cost model of `model` on `data`'s input shape (one shape pass on a meta-device copy: no arithmetic)."
+    return CostModel.from_model(copy.deepcopy(model).to("meta"), tuple(data.in_shape), hw=cfg.hardware)
+
+_BUDGET_FLAGS = dict(size_frac="--size-frac", bops_frac="--bops-frac", energy_frac="--energy-frac", latency_frac="--latency-frac")
+
+def cost_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
+    "Lowest size, BOPs, energy and latency (fractions of INT8) of any map of the candidate set: minimum widths, pins kept, best-case zero skipping."
+    a8 = cfg.quant.a_bits or cfg.hardware.a_bits
+    w = {n: min(cfg.bits) for n in layers}
+    if cfg.pin_first_last is not None: w[layers[0]] = w[layers[-1]] = cfg.pin_first_last
+    a = {n: a8 for n in layers}
+    if cfg.budget.bops_frac is not None:    # activations are searched too; the image input keeps its width
+        a = {n: (a8 if i == 0 else min(cfg.act_bits or cfg.bits)) for i, n in enumerate(layers)}
+    nz = {n: cfg.hardware.shift_min_cycles for n in layers} if cfg.mac == "shift_add" else None   # every weight at the cycle floor
+    c = hw.costs(w, a_bits=a, nz_bits=nz, default=8, mac=cfg.mac)
+    return dict({k: float(v) for k, v in c.vs_int8().items()}, w_bits=w, a_bits=a)
+
+def check_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
+    "Refuse, before any training, a cost budget that no map of the candidate set can meet; return the floor."
+    f, b = cost_floor(hw, layers, cfg), cfg.budget
+    for k, flag in _BUDGET_FLAGS.items():
+        lim = getattr(b, k)
+        if lim is None or f[k] <= lim + 1e-9: continue
+        how = f"every layer at {min(cfg.bits)}-bit weights" + (f", activations at {min(cfg.act_bits or cfg.bits)} bits" if b.bops_frac is not None else "")
+        pins = f", first/last layer pinned at {cfg.pin_first_last} bits" if cfg.pin_first_last is not None else ""
+        raise SQError(f"the {k[:-5]} budget {lim:.1%} of INT8 is below the floor of the candidate set, {f[k]:.1%} ({how}{pins})",
+                      f"raise {flag} to at least {f[k]:.4g}" + (", add a smaller width to --bits" if min(cfg.bits) > 2 else "")
+                      + (" or unpin the first/last layer" if pins else ""))
+    return f
+
+def check_budgets(model:nn.Module, data, cfg:SearchConfig) -> dict:
+    "Every budget check that needs no training (an untrained model of the same architecture will do); returns the floor."
+    cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
+    return check_floor(cost_model(model, data, cfg), list(quantizable_layers(model)), cfg)
+
 class SearchContext:
     "Shared measuring machinery of a search."
     def __init__(self, model:nn.Module, data, cfg:SearchConfig, *, on_event:Callable|None=None, cancel=None,
-                 run:RunDir|None=None, progress:bool=False):
+                 run:RunDir|None=None, progress:bool=False, hw:CostModel|None=None):
         self.cfg, self.data, self.cancel, self.run, self.progress = cfg, data, cancel, run, progress
         self.on_event = on_event.append if isinstance(on_event, list) else on_event
         self.device = resolve_device(cfg.device)
@@ -207,7 +248,7 @@ class SearchContext:
         self.ref: dict = {}
         self.pinned = self._pins()
         # one shape pass on a meta-device copy: no arithmetic, any model size
-        self.hw = CostModel.from_model(copy.deepcopy(model).to("meta"), tuple(data.in_shape), hw=cfg.hardware)
+        self.hw = hw or cost_model(model, data, cfg)
         self.macs = np.asarray(self.hw.macs, dtype=float)[[self.hw.index[n] for n in self.layers]]   # MACs per layer, layer order
 
     def _pins(self):
@@ -273,10 +314,21 @@ class SearchContext:
         for mac in MAC_TYPES:
             c = self.hw.costs(bits, a_bits=a_bits, int_weights=iw if mac == "shift_add" else None, mac=mac)
             per[mac] = dict(energy_pj=float(c.energy_pj), latency_us=float(c.latency_us), **{k: float(v) for k, v in c.vs_int8().items() if k != "size_frac"})
-        out.update(size_bytes_full=float(c.size_bytes_full), bops=float(c.bops), bops_frac=float(c.bops / (64 * self.hw.macs.sum())),
+        out.update(size_bytes_full=float(c.size_bytes_full), bops=float(c.bops), bops_frac=float(c.vs_int8()["bops_frac"]),
                    exact_cycles=iw is not None,
                    **{k: per[self.cfg.mac][k] for k in ("energy_frac", "latency_frac", "area_frac")}, shift_add=per["shift_add"], int8_mac=per["int8"])
         return out
+
+    def predict(self, bits:dict, a_bits:dict|None=None) -> dict:
+        "Size, BOPs, energy and latency of any map as fractions of INT8, from the cost model alone (dense cycles; replay-safe)."
+        c = self.hw.costs(bits, a_bits=a_bits or get_act_bits(self.model), default=8, mac=self.cfg.mac)
+        return dict(**{k: float(v) for k, v in c.vs_int8().items() if k != "area_frac"}, latency_us=float(c.latency_us), bops=float(c.bops))
+
+    def predict_batch(self, maps:list[tuple[dict, dict]]) -> dict:
+        "`predict` for many (bits, a_bits) maps at once: {metric: array}."
+        w = np.stack([self.hw.bits_vector(b, 8) for b, _ in maps]); a = np.stack([self.hw.bits_vector(a, 8, "activation") for _, a in maps])
+        c = self.hw.costs_batch(w, a, mac=self.cfg.mac)
+        return {k: np.asarray(v, dtype=float) for k, v in c.vs_int8().items()}
 
     def savings(self, bits:dict, new:dict, metric:str) -> np.ndarray:
         "Per layer, how much `metric` (size_frac | energy_frac | latency_frac) falls if only that layer moves to `new[layer]`."
@@ -306,6 +358,12 @@ class SearchContext:
     def act_kl(self, a_bits:dict|None=None) -> np.ndarray:
         "Normalised KL of each layer's input activations at its width (sampled on a calibration batch; recorded for replay)."
         a_bits = a_bits or get_act_bits(self.model)
+        t = self.act_kl_table()
+        col = {b: i for i, b in enumerate(self.act_candidates)}
+        return np.array([t[i, col[a_bits[n]]] if a_bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
+
+    def act_kl_table(self) -> np.ndarray:
+        "KL of each layer's input activations at every activation candidate (layers × candidates; once per step, recorded for replay)."
         def measure():
             ql, samples, hooks = quant_layers(self.model), {}, []
             def hook(name):
@@ -323,9 +381,7 @@ class SearchContext:
                 for h in hooks: h.remove()
             _, _, t = act_kl_table({n: samples[n] for n in self.layers}, self.act_candidates, self.cfg.quant.act_percentile)
             return t
-        t = np.array(self.recorded("act_kl_table", measure))
-        col = {b: i for i, b in enumerate(self.act_candidates)}
-        return np.array([t[i, col[a_bits[n]]] if a_bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
+        return np.array(self.recorded("act_kl_table", measure))
 
     def snapshot(self) -> dict:
         "Bits + a CPU copy of the model state (to roll back to)."
@@ -387,6 +443,10 @@ class SearchContext:
 
     def meets(self, acc:float, costs:dict) -> bool: return acc >= self.acc_target - 1e-9 and not self.over(costs)
 
+    def int8_meets(self) -> bool:
+        "Whether the INT8 reference itself (W8, activations as built) meets every budget."
+        return self.meets(self.ref["acc_val"], self.costs({n: 8 for n in self.layers}))
+
     def distance(self, acc:float, costs:dict) -> float:
         "METHOD §3 progress measure d = max(0, A_t−A)/A_t + Σ max(0, M−M_t)/M_t."
         d = max(0.0, self.acc_target - acc) / max(self.acc_target, 1e-9)
@@ -400,6 +460,7 @@ class SearchContext:
             m = self.replay[0]["extra"].get("measured", {})
             if key not in m: raise SQError(f"the run record has no measurement {key!r} to replay", "the code changed since the run started; start a new run")
             return m[key]
+        if key in self._measured: return self._measured[key]    # measured once per step
         v = to_jsonable(fn()); self._measured[key] = v
         return v
 
@@ -527,6 +588,12 @@ def _check_resumable(run:RunDir, conf:dict) -> dict:
     else: ck.update(n_steps=0, events=[], reference=None)
     return ck
 
+def _int8_fast_path(ctx:SearchContext):
+    "The INT8 reference meets every budget: it is the answer, with no search epochs."
+    yield PhaseStarted("int8_fast_path", dict(reason="the INT8 reference meets every budget"))
+    return Choice("OK", {n: 8 for n in ctx.layers}, ctx.ref_snapshot["state"],
+                  "the INT8 reference already meets every budget: returned at once, 0 search epochs")
+
 def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
     raw, s = ctx.sigmas(getattr(ctx.cfg, "sigma_norm", "minmax"))
     _, kl = ctx.kl(bits, getattr(ctx.cfg, "kl_norm", "kl2"))
@@ -552,6 +619,8 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     strat = strategy_for(cfg)
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     strat.validate(model, data)
+    hw = cost_model(model, data, cfg)
+    check_floor(hw, list(quantizable_layers(model)), cfg)     # a budget no map can meet: refused before anything is trained or written
     if reference is not None and not resume and reference.key != reference_key(model, data, cfg):
         raise SQError("the INT8 reference passed to search was built for another model, data or QAT recipe",
                       "pass the `int8` of a search with the same model, data and config, or no reference (it is rebuilt)")
@@ -563,7 +632,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
                     model=type(model).__name__, num_classes=getattr(data, "num_classes", None),
                     in_shape=list(getattr(data, "in_shape", ()) or ()), **(meta or {}))
         if resume: ck = _check_resumable(run, conf)
-        ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress)
+        ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress, hw=hw)
         if run is not None and not resume:
             run.write_json("config.json", conf)
             run.write_json("manifest.json", dict(name=run.name, method=strat.name, status="RUNNING", started=time.time(),
@@ -586,7 +655,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
             int8 = reference or Reference(reference_key(model, data, cfg), dict(ref), ctx.ref_snapshot["state"], rng, ctx.epochs)
             if run is not None: run.save_torch("reference.pt", dict(state=ctx.ref_snapshot["state"], rng=rng, epochs=ctx.epochs))
             ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, str(run.final_path) if run else None))
-        gen = strat.steps(ctx)
+        gen = strat.steps(ctx) if not (strat.budget_driven and not ctx.replaying and ctx.int8_meets()) else _int8_fast_path(ctx)
         while True:
             try: ev = next(gen)
             except StopIteration as stop: choice = stop.value; break
@@ -648,6 +717,7 @@ class Search:
     "Base class of search strategies: subclasses implement `steps(ctx)`."
     name = "base"
     ours:tuple = ()  # config fields that are our choices, not the paper's (recorded in every run)
+    budget_driven:bool = True   # the budget decides the map (False: the config names it, e.g. uniform W4): INT8 fast path applies
     def __init__(self, cfg:SearchConfig): self.cfg = cfg
     def validate(self, model, data):
         "Cheap checks before anything is written."
@@ -671,7 +741,7 @@ class FixedBitsConfig(SearchConfig):
 @register_strategy(FixedBitsConfig)
 class FixedBits(Search):
     "Apply a fixed bit map, QAT `e1` epochs, report."
-    name = "fixed"
+    name, budget_driven = "fixed", False
     def steps(self, ctx):
         bits = self.cfg.bit_map or {n: self.cfg.w_bits for n in ctx.layers}
         bits = ctx.apply(bits); ctx.qat(self.cfg.e1, "fixed")

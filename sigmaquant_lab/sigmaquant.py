@@ -16,8 +16,9 @@ from .stats import SIGMA_NORMS, KL_NORMS
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy
 
 # %% auto #0
-__all__ = ['SELECTORS', 'balanced_kmeans_1d', 'clustering_objective', 'clusters_to_bits', 'step_bits', 'candidate_moves',
-           'choose_moves', 'joint_moves', 'SigmaQuantConfig', 'SigmaQuant']
+__all__ = ['SELECTORS', 'OVER_BUDGET', 'balanced_kmeans_1d', 'clustering_objective', 'clusters_to_bits', 'step_bits',
+           'candidate_moves', 'choose_moves', 'joint_moves', 'fit_moves', 'raise_moves', 'SigmaQuantConfig',
+           'SigmaQuant']
 
 # %% ../nbs/09_sigmaquant.ipynb #93972691
 def _seg_cost(c1, c2, i, j, lam, target):
@@ -112,8 +113,68 @@ def joint_moves(names:list, cur_w:dict, cur_a:dict, kl_w:np.ndarray, kl_a:np.nda
     for _, _, kind, nm, nb in sorted(cands)[:n]: (w if kind == "w" else a)[nm] = nb
     return w, a
 
+# %% ../nbs/09_sigmaquant.ipynb #4c1e7a52
+_PRIORITY = ("size_frac", "bops_frac", "energy_frac", "latency_frac")
+
+def _pred_maps(ctx, cands):
+    "Predicted INT8 fractions of candidate maps, each a (bits, a_bits) pair: {metric: array}."
+    return ctx.predict_batch(cands) if cands else {}
+
+def fit_moves(ctx, # SearchContext
+              bits:dict, a_bits:dict, # The current map
+              measured:dict, # Its measured costs (calibrate the dense cost model's prediction)
+              kl_w, # Weight KL table (layers × candidate bits)
+              bit_step:int=2, frozen_w=(), frozen_a=()) -> tuple[dict, dict]:
+    "Lower one width at a time, least KL per unit of over-budget cost saved first, until the predicted costs fit every budget."
+    b, a, lim = dict(bits), dict(a_bits), ctx.cfg.budget
+    col = {x: i for i, x in enumerate(ctx.cfg.bits)}
+    cur = ctx.predict(b, a)
+    # measured/predicted per metric: the cost model's dense cycle estimate, corrected by what was measured on this map
+    corr = {k: (measured[k] / cur[k] if measured.get(k) and cur.get(k) else 1.0) for k in _PRIORITY}
+    for _ in range(16 * len(ctx.layers)):
+        over = {k: cur[k] * corr[k] - getattr(lim, k) for k in _PRIORITY if getattr(lim, k) is not None and cur[k] * corr[k] > getattr(lim, k) + 1e-9}
+        if not over: break
+        cands, dmg = [], []
+        for i, n in enumerate(ctx.layers):
+            if n not in frozen_w and (nb := step_bits(b[n], ctx.cfg.bits, -bit_step)) < b[n]:
+                cands.append(({**b, n: nb}, a)); dmg.append(float(kl_w[i, col[nb]]) if kl_w is not None else 0.0)
+        if ctx.search_act:
+            la = ctx.act_kl({n: step_bits(a[n], ctx.act_candidates, -bit_step) for n in ctx.layers})
+            for i, n in enumerate(ctx.layers):
+                if n not in frozen_a and (na := step_bits(a[n], ctx.act_candidates, -bit_step)) < a[n]:
+                    cands.append((b, {**a, n: na})); dmg.append(float(la[i]))
+        if not cands: break
+        p = _pred_maps(ctx, cands)
+        gain = sum(np.maximum(cur[k] - p[k], 0) * corr[k] / getattr(lim, k) for k in over)   # over-budget cost saved, relative
+        score = np.array(dmg) / np.maximum(gain, 1e-12)
+        score[gain <= 1e-12] = np.inf
+        if not np.isfinite(score).any(): break
+        b, a = cands[int(np.argmin(score))]
+        cur = ctx.predict(b, a)
+    return {n: v for n, v in b.items() if v != bits[n]}, {n: v for n, v in a.items() if v != a_bits[n]}
+
+def raise_moves(ctx, bits:dict, a_bits:dict, measured:dict, kl_w_cur, kl_a_cur, n:int=2, bit_step:int=2,
+                frozen_w=(), frozen_a=()) -> tuple[dict, dict]:
+    "Up to `n` one-step raises, highest KL first, each kept only while the predicted costs stay within every budget."
+    b, a, lim = dict(bits), dict(a_bits), ctx.cfg.budget
+    cur = ctx.predict(b, a)
+    corr = {k: (measured[k] / cur[k] if measured.get(k) and cur.get(k) else 1.0) for k in _PRIORITY}
+    opts = [(float(kl_w_cur[i]), "w", nm) for i, nm in enumerate(ctx.layers) if nm not in frozen_w and b[nm] < max(ctx.cfg.bits)]
+    if ctx.search_act:
+        opts += [(float(kl_a_cur[i]), "a", nm) for i, nm in enumerate(ctx.layers) if nm not in frozen_a and a[nm] < max(ctx.act_candidates)]
+    done = 0
+    for _, kind, nm in sorted(opts, key=lambda o: -o[0]):
+        if done >= n: break
+        tb, ta = (({**b, nm: step_bits(b[nm], ctx.cfg.bits, bit_step)}, a) if kind == "w"
+                  else (b, {**a, nm: step_bits(a[nm], ctx.act_candidates, bit_step)}))
+        p = ctx.predict(tb, ta)
+        if all(getattr(lim, k) is None or p[k] * corr[k] <= getattr(lim, k) + 1e-9 for k in _PRIORITY):
+            b, a, done = tb, ta, done + 1
+    return {k: v for k, v in b.items() if v != bits[k]}, {k: v for k, v in a.items() if v != a_bits[k]}
+
+
 # %% ../nbs/09_sigmaquant.ipynb #708f2865
-SELECTORS = ("kl", "kl_per_byte")
+SELECTORS, OVER_BUDGET = ("kl", "kl_per_byte"), ("fit", "paper")
 
 @dataclass(frozen=True)
 class SigmaQuantConfig(SearchConfig):
@@ -132,6 +193,7 @@ class SigmaQuantConfig(SearchConfig):
     patience:int=3 # Steps without progress on d before rolling back
     max_steps:int=40 # Step cap (paper: 40)
     selector:str="kl" # kl | kl_per_byte (ours, flagged)
+    over_budget:str="fit" # fit (ours: cost budgets are hard: lower by KL per unit of cost saved until they fit, raise only within them) | paper (stop in the abandon zone)
     def __post_init__(self):
         super().__post_init__()
         for k, lo in (("clusters", 1), ("rounds1", 1), ("bit_step", 1), ("layers_per_step", 1), ("patience", 1), ("max_steps", 0)):
@@ -139,6 +201,7 @@ class SigmaQuantConfig(SearchConfig):
             if not isinstance(v, int) or v < lo: raise SQError(f"{k}={v!r} is not an integer >= {lo}", f"set {k} to an integer >= {lo}")
         if self.sigma_norm not in SIGMA_NORMS: raise SQError(f"sigma_norm {self.sigma_norm!r} is unknown", f"use one of {', '.join(SIGMA_NORMS)}")
         if self.kl_norm not in KL_NORMS: raise SQError(f"kl_norm {self.kl_norm!r} is unknown", f"use one of {', '.join(KL_NORMS)}")
+        if self.over_budget not in OVER_BUDGET: raise SQError(f"over_budget {self.over_budget!r} is unknown", f"use one of {', '.join(OVER_BUDGET)}")
         if self.selector not in SELECTORS: raise SQError(f"selector {self.selector!r} is unknown", f"use one of {', '.join(SELECTORS)}")
         if self.lambda0 < 0 or self.lambda_step < 0: raise SQError("lambda0/lambda_step must be >= 0", "use e.g. lambda0=0, lambda_step=0.1")
 
@@ -149,7 +212,8 @@ class SigmaQuant(Search):
     name = "sigmaquant"
     ours = ("lambda0", "sigma_norm", "kl_norm", "selector", "pin_first_last", "validation split carved from train",
             "BOPs search: activations start at the configured width, first layer's input frozen, moves ranked by KL per BOPs saved",
-            "raw unfused conv weights for sigma/KL", "Phase 1 restarts each round from the INT8 reference")
+            "raw unfused conv weights for sigma/KL", "Phase 1 restarts each round from the INT8 reference",
+            "over_budget=fit: cost budgets are hard (lower by KL per unit of cost saved until they fit, raise only within them)")
 
     def _measure(self, ctx, bits, epochs, what, a_bits=None):
         bits = ctx.apply(bits, a_bits); ctx.qat(epochs, what)
@@ -178,47 +242,74 @@ class SigmaQuant(Search):
             if close: break
         return best[1:]
 
+    def _paper_moves(self, ctx, cur, kl, short, over, frozen):
+        "The paper's Phase-2 move: raise (accuracy short) or lower (over budget) `layers_per_step` layers by KL."
+        c, saving, amoves = self.cfg, None, {}
+        direction = +1 if short else -1
+        if ctx.search_act and (short or "size_frac" not in over) and (short or "bops_frac" in over):
+            moves, amoves = joint_moves(ctx.layers, cur["bits"], cur["a_bits"], kl, ctx.act_kl(cur["a_bits"]), ctx.macs, c.bits,
+                                        ctx.act_candidates, direction, c.layers_per_step, c.bit_step, frozen, {ctx.layers[0]})
+            return moves, amoves
+        if not short and "size_frac" not in over:    # only energy/latency over: rank by KL per unit saved
+            metric = "energy_frac" if "energy_frac" in over else "latency_frac"
+            saving = ctx.savings(cur["bits"], candidate_moves(ctx.layers, cur["bits"], c.bits, -1, c.bit_step, frozen), metric)
+        return choose_moves(ctx.layers, cur["bits"], kl, ctx.params, c.bits, direction, c.layers_per_step, c.bit_step,
+                            frozen, c.selector, saving), amoves
+
     def steps(self, ctx):
         c = self.cfg
         bits, acc, costs, snap, clusters, lam = yield from self.phase1(ctx)
         ctx.restore(snap)
-        yield PhaseStarted("phase2", dict(max_steps=c.max_steps, patience=c.patience))
+        yield PhaseStarted("phase2", dict(max_steps=c.max_steps, patience=c.patience, over_budget=c.over_budget))
         cur = dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
-        feasible = cur if ctx.meets(acc, costs) else None
+        feasible = cur if ctx.meets(acc, costs) else None          # best point meeting every budget
+        fitting = cur if not ctx.over(costs) else None             # most accurate point within the cost budgets
         best_d, stable, stall, reason, abandoned = ctx.distance(acc, costs), cur, 0, "", False
-        frozen = set(ctx.pinned)
-        for step in range(1, c.max_steps + 1):
+        frozen, frozen_a, fit = set(ctx.pinned), {ctx.layers[0]}, c.over_budget == "fit"
+        step = 0
+        while True:
+            step += 1
             ctx.check_cancel()
             short, over = cur["acc"] < ctx.acc_target - 1e-9, ctx.over(cur["costs"])
             if not short and not over: reason = "targets met"; break
-            if short and over: reason, abandoned = "accuracy short and over budget (abandon zone)", True; break
+            # the step cap counts steps; a map over its cost budget still gets the one fitting step it needs
+            if step > c.max_steps and not (fit and fitting is None and over):
+                reason = f"step cap ({c.max_steps}) reached"; break
             _, kl = ctx.kl(cur["bits"], c.kl_norm)
-            direction, saving, amoves = (+1 if short else -1), None, {}
-            if ctx.search_act and (short or "size_frac" not in over) and (short or "bops_frac" in over):
-                moves, amoves = joint_moves(ctx.layers, cur["bits"], cur["a_bits"], kl, ctx.act_kl(cur["a_bits"]), ctx.macs, c.bits,
-                                            ctx.act_candidates, direction, c.layers_per_step, c.bit_step, frozen, {ctx.layers[0]})
+            if fit and over:
+                table = ctx.recorded("kl_table", lambda: ctx.kl(cur["bits"], c.kl_norm)[0])
+                moves, amoves = fit_moves(ctx, cur["bits"], cur["a_bits"], cur["costs"], None if table is None else np.array(table),
+                                          c.bit_step, frozen, frozen_a)
+                verb = "fit budget:"
+            elif fit:
+                moves, amoves = raise_moves(ctx, cur["bits"], cur["a_bits"], cur["costs"], kl,
+                                            ctx.act_kl(cur["a_bits"]) if ctx.search_act else None, c.layers_per_step, c.bit_step, frozen, frozen_a)
+                verb = "raise within budget:"
+                if not moves and not amoves: reason = "no raise fits the cost budgets"; break
             else:
-                if not short and "size_frac" not in over:    # only energy/latency over: rank by KL per unit saved
-                    metric = "energy_frac" if "energy_frac" in over else "latency_frac"
-                    saving = ctx.savings(cur["bits"], candidate_moves(ctx.layers, cur["bits"], c.bits, -1, c.bit_step, frozen), metric)
-                moves = choose_moves(ctx.layers, cur["bits"], kl, ctx.params, c.bits, direction,
-                                     c.layers_per_step, c.bit_step, frozen, c.selector, saving)
-            if not moves and not amoves: reason = "no layer can move further"; abandoned = True; break
+                if short and over: reason, abandoned = "accuracy short and over budget (abandon zone)", True; break
+                moves, amoves = self._paper_moves(ctx, cur, kl, short, over, frozen)
+                verb = "raise" if short else "lower"
+            if not moves and not amoves: reason = "no layer can move further"; abandoned = not fit; break
             nb, na = {**cur["bits"], **moves}, {**cur["a_bits"], **amoves}
             nb, acc, costs = self._measure(ctx, nb, c.e2, f"phase2 step {step}", na)
             cur = dict(bits=nb, a_bits=na, acc=acc, costs=costs, snap=ctx.snapshot())
             d = ctx.distance(acc, costs)
             if ctx.meets(acc, costs) and (feasible is None or acc > feasible["acc"]): feasible = cur
+            if not ctx.over(costs) and (fitting is None or acc > fitting["acc"]): fitting = cur
             if d < best_d - 1e-9: best_d, stable, stall = d, cur, 0
             else: stall += 1
-            decision = ("raise" if short else "lower") + (f" {sorted(moves)}" if moves else "") + (f" acts {sorted(amoves)}" if amoves else "")
+            decision = verb + (f" {sorted(moves)}" if moves else "") + (f" acts {sorted(amoves)}" if amoves else "")
             yield ctx.step_event("phase2", step, nb, acc, costs, decision, kl=kl, moved=moves, moved_acts=amoves, d=d, stall=stall)
             if stall >= c.patience:
                 reason = f"no progress for {c.patience} steps: rolled back to the last stable point"; cur = stable; break
-        else: reason = f"step cap ({c.max_steps}) reached"
         extra = dict(clusters=clusters, lam=lam)
         if feasible is not None:
             return Choice("OK", feasible["bits"], feasible["snap"]["state"], reason if reason == "targets met" else f"best feasible point kept; {reason}",
                           extra, feasible["a_bits"])
+        if fit and fitting is not None:
+            short_pt = 100 * (ctx.acc_target - fitting["acc"])
+            return Choice("BEST_EFFORT", fitting["bits"], fitting["snap"]["state"],
+                          f"most accurate map within the cost budgets, {short_pt:.2f} pt short of the accuracy target; {reason}", extra, fitting["a_bits"])
         pick = stable if stable is not None else cur
-        return Choice("INFEASIBLE" if abandoned else "BEST_EFFORT", pick["bits"], pick["snap"]["state"], reason, extra, pick["a_bits"])
+        return Choice("INFEASIBLE" if abandoned or ctx.over(pick["costs"]) else "BEST_EFFORT", pick["bits"], pick["snap"]["state"], reason, extra, pick["a_bits"])

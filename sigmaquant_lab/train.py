@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 import sys
 from pathlib import Path
 from .core import SQError, Cancelled, resolve_device, seed_everything, atomic_write
-from .quant import observing
+from .quant import observing, bad_steps
 from .models import get_model, check_model_input
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'make_optimizer', 'make_scheduler', 'cancel_points', 'evaluate', 'train_',
-           'calibrate_', 'float_model']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'cancel_points',
+           'evaluate', 'train_', 'calibrate_', 'float_model']
 
 # %% ../nbs/06_train.ipynb #64fc365a
 OPTIMIZERS, SCHEDULES = ("sgd", "adam"), ("cosine", "onecycle", "constant")
@@ -47,8 +47,17 @@ class TrainConfig:
         if not (isinstance(self.epochs, int) and self.epochs >= 0): raise SQError(f"epochs={self.epochs!r} is not a non-negative integer", "give epochs as 0, 1, 2, ...")
         if not (self.lr > 0 and math.isfinite(self.lr)): raise SQError(f"lr={self.lr} is not a positive number", "give a learning rate such as 0.01")
 
-def make_optimizer(params, cfg:TrainConfig) -> torch.optim.Optimizer:
+def param_groups(model:nn.Module, weight_decay:float) -> list[dict]:
+    "Trainable parameters in two groups: learned quantizer steps (no weight decay: it would shrink the grids) and the rest."
+    steps, rest = [], []
+    for n, p in model.named_parameters():
+        if p.requires_grad: (steps if n.endswith("_quant.step") else rest).append(p)
+    return [g for g in (dict(params=rest, weight_decay=weight_decay), dict(params=steps, weight_decay=0.0)) if g["params"]]
+
+def make_optimizer(params, # A model (its quantizer steps get no weight decay) or parameters / param groups
+                   cfg:TrainConfig) -> torch.optim.Optimizer:
     "The optimizer a `TrainConfig` names."
+    if isinstance(params, nn.Module): params = param_groups(params, cfg.weight_decay)
     if cfg.optimizer == "adam": return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
 
@@ -109,7 +118,7 @@ def train_(model:nn.Module, # Model to train in place (float or quantized)
     nb = len(loader); total = nb * cfg.epochs
     if cfg.epochs == 0: return dict(loss=float("nan"), epochs=0, steps=0, wall_s=0.0)
     if nb == 0: raise SQError("the training split is empty", "use a dataset with training images")
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    opt = make_optimizer(model, cfg)
     sched = make_scheduler(opt, cfg, total)
     every = cfg.log_every or max(1, nb // 10)
     bar = tqdm(total=total, desc=desc, leave=False, disable=not progress)
@@ -128,6 +137,10 @@ def train_(model:nn.Module, # Model to train in place (float or quantized)
                     run_loss += loss.detach(); seen += 1; step += 1
                     if (b + 1) % every == 0 or b + 1 == nb:
                         loss_val = (run_loss / seen).item()       # the only host sync, every `every` batches
+                        if bad := bad_steps(model):   # a collapsed or NaN learned step, named before the loss hides it
+                            (n, v), = list(bad.items())[:1]
+                            raise SQError(f"the learned step of {n} became {v:g} at epoch {ep+1} batch {b+1} ({desc})",
+                                          "lower the learning rate (--lr) or use --quantizer minmax; a recorded run resumes from its last step (--resume)")
                         if not math.isfinite(loss_val):
                             raise SQError(f"training loss became {loss_val} at epoch {ep+1} batch {b+1} ({desc})",
                                           "lower the learning rate (--lr) or check the data for NaN/inf values")

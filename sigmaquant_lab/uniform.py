@@ -43,10 +43,7 @@ def map_costs(ctx, # SearchContext
               a_bits:dict|None=None, # {layer: a_bits} (default: the model's current activation widths)
              ) -> dict:
     "Size, BOPs, energy and latency of any bit map as fractions of INT8 (hardware model only; replay-safe)."
-    c = ctx.hw.costs(bits, a_bits=a_bits or get_act_bits(ctx.model), mac=ctx.cfg.mac)
-    return dict(size_frac=float(c.size_bytes / c.size_bytes_int8), energy_frac=float(c.energy_pj / c.energy_pj_int8),
-                latency_frac=float(c.latency_us / c.latency_us_int8), latency_us=float(c.latency_us), bops=float(c.bops),
-                bops_frac=float(c.bops / (64 * c.macs)))
+    return ctx.predict(bits, a_bits)
 
 def over_budget(ctx, bits:dict, a_bits:dict|None=None) -> dict:
     "Cost budgets (size, energy, latency, BOPs) `bits` would exceed, with the excess."
@@ -90,15 +87,16 @@ def point_choice(ctx, # SearchContext
 # %% ../nbs/10a_uniform.ipynb #ef35500d
 @dataclass(frozen=True)
 class UniformConfig(SearchConfig):
-    "Uniform baseline: every layer at `w_bits` (and optionally every activation at `a_bits`)."
-    w_bits:int=4 # Weight width of every layer (2, 3, 4, 6, 8 ...)
+    "Uniform baseline: every layer at `w_bits` (and optionally every activation at `a_bits`), or the widest pair within the budgets."
+    w_bits:int|None=4 # Weight width of every layer (2, 3, 4, 6, 8 ...); None: the widest W_xA_y pair of the candidates within every cost budget
     a_bits:int|None=None # Activation width of every layer (None: the quantizer's, 8)
     epochs:int=8 # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
     cycle_epochs:int=0 # Epochs per QAT cycle, one step each (0: one cycle)
     def __post_init__(self):
-        if isinstance(self.w_bits, bool) or not isinstance(self.w_bits, int) or not 2 <= self.w_bits <= 8:
-            raise SQError(f"w_bits={self.w_bits!r} is not a weight width", "use an integer from 2 to 8, e.g. 4")
-        object.__setattr__(self, "bits", check_bits((*self.bits, self.w_bits)))
+        if self.w_bits is not None:
+            if isinstance(self.w_bits, bool) or not isinstance(self.w_bits, int) or not 2 <= self.w_bits <= 8:
+                raise SQError(f"w_bits={self.w_bits!r} is not a weight width", "use an integer from 2 to 8, e.g. 4, or None for the widest pair within the budgets")
+            object.__setattr__(self, "bits", check_bits((*self.bits, self.w_bits)))
         if self.a_bits is not None:
             if isinstance(self.a_bits, bool) or not isinstance(self.a_bits, int) or not 2 <= self.a_bits <= 8:
                 raise SQError(f"a_bits={self.a_bits!r} is not an activation width", "use an integer from 2 to 8, or None for 8-bit activations")
@@ -110,14 +108,36 @@ class Uniform(Search):
     "Every layer at one width; QAT `epochs` epochs."
     name = "uniform"
     ours = ("validation split carved from train", "best validation accuracy over QAT cycles is kept")
+    @property
+    def budget_driven(self) -> bool: return self.cfg.w_bits is None
+
+    def _acts(self, ctx, a:int) -> dict:
+        "Activation map of width `a`; under a BOPs budget the image input keeps the reference width (as every search does)."
+        a8 = self.cfg.quant.a_bits or 8
+        return {n: (a8 if i == 0 and ctx.search_act else a) for i, n in enumerate(ctx.layers)}
+
+    def pair(self, ctx) -> tuple:
+        "The (w, a) widths to train: the configured ones, or the widest candidate pair (asymmetric too) within every cost budget."
+        c = self.cfg
+        if c.w_bits is not None: return c.w_bits, c.a_bits
+        acts = ctx.act_candidates if ctx.search_act else (c.a_bits or c.quant.a_bits or 8,)
+        pts = []
+        for w in c.bits:
+            for a in acts:
+                costs = map_costs(ctx, {**{n: w for n in ctx.layers}, **ctx.pinned}, self._acts(ctx, a))
+                pts.append((not ctx.over(costs), costs["bops_frac"], costs["size_frac"], w, a))
+        fit = [p for p in pts if p[0]] or [min(pts, key=lambda p: p[1:3])]   # none predicted to fit: the cheapest pair
+        return max(fit, key=lambda p: p[1:])[3:]
+
     def steps(self, ctx):
         c = self.cfg
-        yield PhaseStarted("uniform", dict(w_bits=c.w_bits, a_bits=c.a_bits, epochs=c.epochs))
+        w, a = self.pair(ctx)
+        yield PhaseStarted("uniform", dict(w_bits=w, a_bits=a, epochs=c.epochs, chosen=c.w_bits is None))
         ctx.restore(ctx.ref_snapshot)     # start from the INT8 reference (also after a resume before the first step)
-        a = None if c.a_bits is None else {n: c.a_bits for n in ctx.layers}
-        best = yield from train_map(ctx, {n: c.w_bits for n in ctx.layers}, c.epochs, c.cycle_epochs, "uniform",
-                                    f"W{c.w_bits}A{c.a_bits or c.quant.a_bits}", a)
-        return point_choice(ctx, best, f"uniform W{c.w_bits}")
+        amap = None if a is None else (self._acts(ctx, a) if c.w_bits is None else {n: a for n in ctx.layers})
+        best = yield from train_map(ctx, {n: w for n in ctx.layers}, c.epochs, c.cycle_epochs, "uniform",
+                                    f"W{w}A{a or c.quant.a_bits}", amap)
+        return point_choice(ctx, best, f"uniform W{w}A{a or c.quant.a_bits}")
 
 # %% ../nbs/10a_uniform.ipynb #69997879
 def random_bit_map(params, # Weights per layer

@@ -7,8 +7,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent/"sigmaquant-lab")
 # several Phase-2 steps on digits: widths {4,6,8} and a size budget that needs repeated lowering
-ARGS = ["search", "--quiet", "--threads", "1", "--fp-epochs", "6", "--e1", "1", "--e2", "1", "--bits", "4,6,8",
-        "--size-frac", "0.5", "--max-acc-drop", "0.3", "--seed", "3"]
+ARGS = ["search", "--quiet", "--threads", "1", "--fp-epochs", "6", "--e1", "1", "--e2", "1", "--bits", "2,4,6,8", "--quantizer", "minmax",
+        "--size-frac", "0.4", "--max-acc-drop", "0.0", "--seed", "3"]
 
 
 def cli(args, cwd, fault=None, wait=True):

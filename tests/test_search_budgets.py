@@ -37,8 +37,9 @@ def test_tighter_size_budget_gives_fewer_bits(setup):
 def test_tighter_accuracy_budget_gives_more_bits(setup):
     # no QAT after Phase 1, so its aggressive σ clustering leaves accuracy short of a tight budget
     kw = dict(e1=0, e2=1)
-    loose = run(setup, kw, max_acc_drop=0.3, size_frac=1.0)
-    tight = run(setup, kw, max_acc_drop=0.002, size_frac=1.0)
+    # size 0.9, not 1.0: at 1.0 the INT8 reference meets both budgets and is returned at once (the fast path)
+    loose = run(setup, kw, max_acc_drop=0.3, size_frac=0.9)
+    tight = run(setup, kw, max_acc_drop=0.002, size_frac=0.9)
     assert tight.avg_bits > loose.avg_bits, (loose.bits, tight.bits)
     assert all(tight.bits[n] >= loose.bits[n] for n in loose.bits)      # raised, never lowered
     raised = [h for h in tight.history if h["phase"] == "phase2"]
