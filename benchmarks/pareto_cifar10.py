@@ -26,6 +26,8 @@ Writes benchmarks/results/pareto_<mode>.json, .md and .html (HoloViews/Bokeh, Ja
     python benchmarks/pareto_cifar10.py                              # CIFAR-10 / ResNet-20 on a GPU (Ray, 4 runs per GPU)
     python benchmarks/pareto_cifar10.py --plan                       # build and check every config, run nothing
     python benchmarks/pareto_cifar10.py --quick --backend local --seeds 0 --quantizers minmax   # smaller, no Ray
+    python benchmarks/pareto_cifar10.py --budget-s 540 --results slices    # time-boxed resumable slices (GPU lease; see slices.py)
+    python benchmarks/pareto_cifar10.py --tiny --budget-s 600              # their CPU twin
 """
 import argparse, datetime as dt, json, os, platform, subprocess, sys, time
 from dataclasses import fields, replace
@@ -193,7 +195,15 @@ def main(argv=None):
     p.add_argument("--runs", default=None, help="folder for the run records (default: <settings cache>/bench-runs/<mode>)")
     p.add_argument("--out", default=str(ROOT/"benchmarks"/"results"), help="folder for pareto_<mode>.json/.md/.html")
     p.add_argument("--plan", action="store_true", help="build and check every config and print the grid; run nothing")
+    p.add_argument("--budget-s", type=float, default=None, help="time-boxed slices (benchmarks/slices.py): run what fits in N seconds, "
+                   "keep every finished run in --results, continue from there next time")
+    p.add_argument("--tiny", action="store_true", help="with --budget-s: the CPU twin (a few hundred CIFAR-10 images)")
+    p.add_argument("--results", default=None, help="with --budget-s: the results folder (default: slices/<gpu|tiny>, git-ignored)")
     a = p.parse_args(argv)
+    if a.budget_s is not None or a.tiny:
+        import slices
+        return slices.main(["--budget-s", str(a.budget_s if a.budget_s is not None else 0), *(["--tiny"] if a.tiny else []),
+                            *(["--results", a.results] if a.results else []), *(["--device", a.device] if a.device else [])])
     mode = "quick" if a.quick else "full"
     proto = PROTOCOLS[mode]
     st = load_settings(ROOT/"settings.ini")

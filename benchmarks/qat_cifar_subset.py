@@ -130,7 +130,7 @@ def table(res):
              f"Quantizer {q['quantizer']} (step init {q.get('step_init', '?')}); recipe {t['optimizer']} lr {t['lr']} {t['schedule']}, "
              f"wd {t['weight_decay']}, label smoothing {t.get('label_smoothing')}.",
              f"Machine: {res['machine']}", "",
-             "| map | before QAT | after QAT | drop vs FP32 | target | 2-bit zeros before | QAT s/epoch (FP32 {:.1f}) |".format(res["fp32_epoch_s"]),
+             "| map | before QAT | after QAT | drop vs FP32 | target | zero weights before QAT | QAT s/epoch (FP32 {:.1f}) |".format(res["fp32_epoch_s"]),
              "|---|---|---|---|---|---|---|"]
     for r in res["maps"]:
         tgt = "—" if r["target_pt"] is None else f"≤ {r['target_pt']} pt {'✓' if r['met'] else '✗'}"

@@ -1,0 +1,71 @@
+"""Time-boxed, resumable slices (issue 14), through their CPU twin: the planner says up front what fits, a run killed
+mid-plan loses nothing finished, the next call finishes the plan without redoing a finished run; bad input is refused."""
+import json, os, re, signal, subprocess, sys, tarfile, time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT/"benchmarks"))
+from sigmaquant_lab.core import load_settings
+
+CMD = [sys.executable, str(ROOT/"benchmarks"/"pareto_cifar10.py"), "--tiny"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SIGMAQUANT_SETTINGS": str(ROOT/"settings.ini")}
+
+
+def cifar_available():
+    s = load_settings(ROOT/"settings.ini")
+    return (s.path_("data", "root")/s.str("data", "cifar10_zip")).is_file()
+
+
+pytestmark = pytest.mark.skipif(not cifar_available(), reason="the shared CIFAR-10 zip is not on this machine")
+
+
+def runs_in(idx): return {r["key"] for r in idx["runs"]}
+
+
+def test_tiny_plan_killed_midway_finishes_without_redoing_runs(tmp_path):
+    from slices import PROTOCOLS, make_plan
+    res = tmp_path/"s"
+    p = subprocess.Popen([*CMD, "--budget-s", "3600", "--results", str(res)], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+    t0 = time.time()
+    while time.time() - t0 < 900:                       # kill it once two runs are finished (mid-plan)
+        idx = res/"index.json"
+        if idx.exists() and len(json.loads(idx.read_text())["runs"]) >= 2: break
+        if p.poll() is not None: break
+        time.sleep(0.5)
+    p.send_signal(signal.SIGKILL); first = p.communicate()[0]
+    assert "plan (tiny" in first and "fits" in first, first[-3000:]        # the plan and its estimate, up front
+    before = json.loads((res/"index.json").read_text())
+    kept = {k: (res/"runs"/k/"result.json").stat().st_mtime_ns for k in runs_in(before)}
+    assert len(kept) >= 2
+    r = subprocess.run([*CMD, "--budget-s", "3600", "--results", str(res)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    idx = json.loads((res/"index.json").read_text())
+    want = {it.key for it in make_plan(PROTOCOLS["tiny"]) if it.key != "fp32"}
+    assert runs_in(idx) == want, want - runs_in(idx)
+    for k, m in kept.items():                          # finished runs were reused, not redone
+        assert (res/"runs"/k/"result.json").stat().st_mtime_ns == m and f"done {k}:" not in r.stdout
+    assert not list((res/"runs").glob("*.partial"))
+    assert int(re.search(r"(\d+) already finished", r.stdout).group(1)) >= len(kept) + 1, r.stdout[:500]   # + the FP32 model
+    # every peer got the QAT epochs of its SigmaQuant run; every record carries the protocol digest
+    by = {x["key"]: x for x in idx["runs"]}
+    for k, x in by.items():
+        if x["method"] == "uniform" and "-W" not in k: assert x["epochs"] == by["sigmaquant" + k[len("uniform"):]]["epochs"]
+        assert json.loads((res/"runs"/k/"config.json").read_text())["protocol"] == idx["digest"]
+    with tarfile.open(res/"records.tar.gz") as tar:
+        names = tar.getnames()
+    assert all(f"runs/{k}/result.json" in names for k in want) and "index.json" in names
+    # a third call has nothing left to do
+    r3 = subprocess.run([*CMD, "--budget-s", "60", "--results", str(res)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 0 and "done " not in r3.stdout and f"{len(want) + 1} already finished" in r3.stdout, r3.stdout[-2000:]
+
+
+def test_refusals(tmp_path):
+    res = tmp_path/"s"
+    r = subprocess.run([*CMD, "--budget-s", "0.01", "--results", str(res)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "cannot finish even the first item" in r.stderr and "--budget-s" in r.stderr, r.stderr[-2000:]
+    pf = res/"protocol.json"; d = json.loads(pf.read_text()); d["digest"] = "0000"; pf.write_text(json.dumps(d))
+    r = subprocess.run([*CMD, "--budget-s", "600", "--results", str(res)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "another protocol" in r.stderr, r.stderr[-2000:]
