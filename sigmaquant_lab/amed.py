@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .core import SQError
 from .search import SearchConfig, Search, PhaseStarted, register_strategy
-from .uniform import random_bit_map, map_costs, over_budget, point_choice, _count
+from .uniform import random_bit_map, random_map, map_costs, over_budget, point_choice, _count
 
 # %% auto #0
 __all__ = ['PICKS', 'proposal_probs', 'propose', 'mh_accept_prob', 'ema_scores', 'AMEDConfig', 'mean_ce', 'AMED']
@@ -115,47 +115,59 @@ class AMED(Search):
     name = "amed"
     ours = ("beta", "temp", "temp_decay", "ema", "layers_per_step", "restore_on_reject",
             "latency normalised by the all-8-bit latency of the same cost model (both sides)",
-            "proposals breaking a cost budget are redrawn", "start: random allocation at the size budget",
-            "untried widths score 0")
+            "proposals breaking a cost budget are redrawn", "start: random allocation at the size budget (repaired to every cost budget)",
+            "untried widths score 0", "BOPs budget: activation widths are chain variables too (own score table), the image input keeps its width")
 
-    def _start(self, ctx, rng, cand, movable, fits):
-        "A first state inside the cost budgets (random map at the size budget, else proposals)."
+    def _start(self, ctx, rng, cand, acand, movable, movable_a, fits):
+        "A first state (weight, activation indices) inside the cost budgets (random map repaired to the budgets, else proposals)."
         c, L = self.cfg, len(ctx.layers)
-        pins = {i: b for i, b in enumerate(ctx.pinned.get(n) for n in ctx.layers) if b is not None}
-        idx = np.searchsorted(cand, random_bit_map(ctx.params, c.bits, c.budget.size_frac, rng, pins))
-        if fits(idx): return idx
+        w, a = random_map(ctx, rng, c.budget.size_frac)
+        idx = np.searchsorted(cand, [w[n] for n in ctx.layers])
+        ia = np.searchsorted(acand, [a[n] for n in ctx.layers]) if a is not None else None
+        if fits(idx, ia): return idx, ia
         for _ in range(c.max_tries):
             idx, _ = propose(idx, np.zeros((L, len(cand))), 1.0, rng, 0, movable)
-            if fits(idx): return idx
+            if ia is not None: ia, _ = propose(ia, np.zeros((L, len(acand))), 1.0, rng, 0, movable_a)
+            if fits(idx, ia): return idx, ia
         return None
 
     def steps(self, ctx):
         c = self.cfg; cand = np.array(c.bits); L = len(ctx.layers)
         rng = np.random.default_rng(c.seed)
         movable = np.array([n not in ctx.pinned for n in ctx.layers])
+        acts, acand = ctx.search_act, np.array(ctx.act_candidates)
+        movable_a = np.arange(L) > 0                       # the image input keeps the reference width
         to_map = lambda idx: {n: int(cand[i]) for n, i in zip(ctx.layers, idx)}
-        fits = lambda idx: not over_budget(ctx, {**to_map(idx), **ctx.pinned})
+        to_amap = lambda ia: None if ia is None else {n: int(acand[i]) for n, i in zip(ctx.layers, ia)}
+        fits = lambda idx, ia=None: not over_budget(ctx, {**to_map(idx), **ctx.pinned}, to_amap(ia))
         lat8 = map_costs(ctx, {n: 8 for n in ctx.layers})["latency_us"]
         yield PhaseStarted("mh", dict(steps=c.mh_steps, step_epochs=c.step_epochs, temp=c.temp, alpha=c.alpha, beta=c.beta))
         ctx.restore(ctx.ref_snapshot)     # start from the INT8 reference (also after a resume before the first step)
-        state = self._start(ctx, rng, cand, movable, fits)
-        if state is None:
+        start = self._start(ctx, rng, cand, acand, movable, movable_a, fits)
+        if start is None:
             low = {n: min(c.bits) for n in ctx.layers}
-            pt = yield from self._measure(ctx, "mh", 0, low, dict(decision="no allocation fits the cost budgets"), c.epochs, lat8)
+            alow = {n: (c.quant.a_bits or 8) if i == 0 else min(acand) for i, n in enumerate(ctx.layers)} if acts else None
+            pt = yield from self._measure(ctx, "mh", 0, low, dict(decision="no allocation fits the cost budgets"), c.epochs, lat8, a_bits=alow)
             return point_choice(ctx, pt, "every allocation")
+        state, astate = start
         scores, temp, cur, best, closest = np.zeros((L, len(cand))), c.temp, None, None, None
+        ascores = np.zeros((L, len(acand)))
         for t in range(c.mh_steps):
             ctx.check_cancel()
-            if t == 0: prop, lq, tries = state, 0.0, 1
+            if t == 0: prop, aprop, lq, tries = state, astate, 0.0, 1
             else:
                 for tries in range(1, c.max_tries + 1):
                     prop, lq = propose(cur["idx"], scores, temp, rng, c.layers_per_step, movable)
-                    if fits(prop): break
-                else: prop, lq = cur["idx"], 0.0           # nothing fits: stay (a rejected move)
+                    aprop = None
+                    if acts: aprop, lqa = propose(cur["aidx"], ascores, temp, rng, c.layers_per_step, movable_a); lq += lqa
+                    if fits(prop, aprop): break
+                else: prop, aprop, lq = cur["idx"], cur["aidx"], 0.0           # nothing fits: stay (a rejected move)
             info = dict(temp=temp, tries=tries, moved=[ctx.layers[i] for i in np.flatnonzero(prop != (state if cur is None else cur["idx"]))])
-            pt = yield from self._measure(ctx, "mh", t, to_map(prop), info, c.step_epochs, lat8, scores, cur, lq, rng)
+            if acts: info["moved_acts"] = [ctx.layers[i] for i in np.flatnonzero(aprop != (astate if cur is None else cur["aidx"]))]
+            pt = yield from self._measure(ctx, "mh", t, to_map(prop), info, c.step_epochs, lat8, scores, cur, lq, rng, a_bits=to_amap(aprop))
             scores = ema_scores(scores, prop, -pt["zeta"], c.ema)
-            if pt["accepted"]: cur = {**pt, "idx": prop}
+            if acts: ascores = ema_scores(ascores, aprop, -pt["zeta"], c.ema)
+            if pt["accepted"]: cur = {**pt, "idx": prop, "aidx": aprop}
             elif c.restore_on_reject: ctx.restore(cur["snap"])
             if ctx.meets(pt["acc"], pt["costs"]):
                 key = pt["zeta"] if c.pick == "zeta" else -pt["acc"]
@@ -168,17 +180,18 @@ class AMED(Search):
         if rest > 0:
             yield PhaseStarted("finetune", dict(epochs=rest, bits=pick["bits"]))
             ctx.restore(pick["snap"])
-            ft = yield from self._measure(ctx, "finetune", 0, pick["bits"], dict(decision="fine-tune the chosen allocation"), rest, lat8)
+            ft = yield from self._measure(ctx, "finetune", 0, pick["bits"], dict(decision="fine-tune the chosen allocation"), rest, lat8,
+                                          a_bits=pick["a_bits"] if acts else None)
             if ft["acc"] >= pick["acc"]: pick = ft
         why = "best allocation meeting the budgets" if best is not None else "no allocation met every budget: closest one"
         ch = point_choice(ctx, pick, "the chosen allocation")
         ch.reason = f"{why}; {ch.reason}"
         return ch
 
-    def _measure(self, ctx, phase, step, bits, info, epochs, lat8, scores=None, cur=None, lq=0.0, rng=None):
+    def _measure(self, ctx, phase, step, bits, info, epochs, lat8, scores=None, cur=None, lq=0.0, rng=None, a_bits=None):
         "Apply, QAT, measure ζ (and the MH decision when a chain state exists); yield the step; return the point."
         c = self.cfg
-        bits = ctx.apply(bits); ctx.qat(epochs, f"{phase} {step}")
+        bits = ctx.apply(bits, a_bits); ctx.qat(epochs, f"{phase} {step}")
         acc, costs = ctx.evaluate(), ctx.costs(bits)
         ce = ctx.recorded("ce", lambda: mean_ce(ctx.model, ctx.loaders["val"]))
         lat = map_costs(ctx, bits)["latency_us"] / lat8

@@ -20,8 +20,8 @@ from .search import SearchConfig, Search, PhaseStarted, register_strategy
 from .uniform import train_map, point_choice, _count
 
 # %% auto #0
-__all__ = ['hutchinson_traces', 'quant_perturbation', 'sensitivity', 'ilp_allocate', 'brute_allocate', 'HAWQConfig',
-           'budget_constraints', 'HAWQ']
+__all__ = ['hutchinson_traces', 'quant_perturbation', 'sensitivity', 'act_sensitivity', 'ilp_allocate', 'brute_allocate',
+           'HAWQConfig', 'budget_constraints', 'pair_constraints', 'HAWQ']
 
 # %% ../nbs/10c_hawq.ipynb #9b598792
 def hutchinson_traces(model:torch.nn.Module, # Model in the state to measure (eval mode is the caller's choice)
@@ -61,10 +61,53 @@ def sensitivity(traces, # Hessian trace per layer
     "HAWQ sensitivity Ω (layers × widths): average Hessian trace × perturbation."
     return (np.asarray(traces, dtype=np.float64) / np.asarray(params, dtype=np.float64))[:, None] * np.asarray(perturb, dtype=np.float64)
 
+# %% ../nbs/10c_hawq.ipynb #5d7a3e90
+def act_sensitivity(model:torch.nn.Module, # Float model in the state to measure
+                    batches, # Iterable of (x, y)
+                    layers:dict, # {name: Conv2d/Linear module} whose input activations are measured
+                    bits:tuple, # Candidate activation widths
+                    probes:int, # Rademacher probes per batch
+                    gen:torch.Generator, # CPU generator of the probes
+                    percentile:float=99.9 # Range of the activation quantizer (as the quantizer config)
+                   ) -> np.ndarray:
+    "HAWQ-V3-style activation sensitivity (layers × widths): Hutchinson trace of the loss Hessian w.r.t. each layer's input, per element, × ‖Q_a(x) − x‖²."
+    from sigmaquant_lab.quant import ActQuantizer
+    names, out, nb = list(layers), np.zeros((len(layers), len(bits))), 0
+    for x, y in batches:
+        seen = {}
+        def hook(n):
+            def f(m, args):
+                a = args[0]
+                if not a.requires_grad: a = a.detach().requires_grad_(); seen[n] = a; return (a, *args[1:])
+                seen[n] = a
+            return f
+        hs = [layers[n].register_forward_pre_hook(hook(n)) for n in names]
+        try: loss = F.cross_entropy(model(x), y)
+        finally:
+            for h in hs: h.remove()
+        xs = [seen[n] for n in names]
+        g = torch.autograd.grad(loss, xs, create_graph=True)
+        tr = np.zeros(len(names))
+        for _ in range(probes):
+            vs = [(torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t) for t in xs]
+            hv = torch.autograd.grad(g, xs, grad_outputs=vs, retain_graph=True)
+            tr += [float((h * v).sum()) / t.numel() for h, v, t in zip(hv, vs, xs)]
+        tr /= probes
+        for i, t in enumerate(xs):
+            t = t.detach()
+            for j, b in enumerate(bits):
+                q = ActQuantizer(b, "minmax", percentile)
+                q.observing = True; q(t); q.finish_observing()
+                out[i, j] += tr[i] * float(((q(t) - t)**2).sum())
+        nb += 1
+    if nb == 0: raise SQError("no samples to estimate the Hessian on", "give hessian_samples >= 1 and a non-empty training split")
+    return out / nb
+
 # %% ../nbs/10c_hawq.ipynb #9690069c
 def ilp_allocate(omega:np.ndarray, # Sensitivity (layers × candidates), minimised
                  constraints:list, # [(cost table layers × candidates, limit)], each Σ cost ≤ limit
-                 fixed:dict|None=None # {layer index: candidate index} forced
+                 fixed:dict|None=None, # {layer index: candidate index} forced
+                 allowed:np.ndarray|None=None # Bool (layers × candidates): False excludes a choice
                 ) -> np.ndarray|None:
     "Candidate index per layer minimising Σ Ω under the budgets (None: infeasible)."
     omega = np.asarray(omega, dtype=np.float64); L, B = omega.shape
@@ -75,6 +118,7 @@ def ilp_allocate(omega:np.ndarray, # Sensitivity (layers × candidates), minimis
         cons.append(LinearConstraint(A, -np.inf, np.array([lim for _, lim in constraints], dtype=np.float64) + 1e-9))
     lb, ub = np.zeros(L * B), np.ones(L * B)
     for l, j in (fixed or {}).items(): ub[l*B:(l+1)*B] = 0; ub[l*B + j] = lb[l*B + j] = 1
+    if allowed is not None: ub[~np.asarray(allowed, dtype=bool).ravel()] = 0
     res = milp(omega.ravel(), constraints=cons, integrality=np.ones(L * B), bounds=Bounds(lb, ub))
     if res.status != 0 or res.x is None: return None
     return np.round(res.x).reshape(L, B).argmax(1)
@@ -126,6 +170,19 @@ def budget_constraints(ctx) -> list:
     if b.latency_frac is not None: out.append((_layer_table(ctx, "latency", a) / ref.latency_us_int8, b.latency_frac))
     return out
 
+def pair_constraints(ctx, pairs:list) -> list:
+    "(cost table layers × (w, a) pairs, limit) rows of every budget the config sets, in `ctx.layers` order."
+    b, P, macs = ctx.cfg.budget, ctx.params.astype(np.float64), ctx.macs
+    W, A = (np.array([p[k] for p in pairs], dtype=np.float64) for k in (0, 1))
+    out = [(P[:, None] * W[None] / (8 * P.sum()), b.size_frac)]
+    if b.bops_frac is not None: out.append((macs[:, None] * (W * A)[None] / (64 * macs.sum()), b.bops_frac))
+    order, ref = [ctx.hw.index[n] for n in ctx.layers], ctx.hw.costs(8, mac=ctx.cfg.mac)
+    for key, lim, r in (("energy", b.energy_frac, ref.energy_pj_int8), ("latency", b.latency_frac, ref.latency_us_int8)):
+        if lim is None: continue
+        cs = [ctx.hw.costs(w, a_bits=a, mac=ctx.cfg.mac) for w, a in pairs]
+        out.append((np.stack([(c.layer_energy_pj if key == "energy" else c.layer_latency_us)[order] for c in cs], 1) / r, lim))
+    return out
+
 def _hessian_batches(ctx, n:int):
     "The first `n` training samples, in order (a fresh loader: the search's loaders keep their RNG)."
     seen = 0
@@ -138,7 +195,8 @@ class HAWQ(Search):
     "Hessian-aware sensitivity, ILP bit allocation under the budgets, then QAT."
     name = "hawq"
     ours = ("trace on the float model in eval mode, first hessian_samples training images",
-            "energy/latency ILP tables from the dense shift-add estimate", "infeasible ILP: cheapest allocation, status INFEASIBLE")
+            "energy/latency ILP tables from the dense shift-add estimate", "infeasible ILP: cheapest allocation, status INFEASIBLE",
+            "BOPs budget: (w, a) pairs per layer, activation sensitivity = input-Hessian trace per element × activation quantisation error")
 
     def _traces(self, ctx):
         c = self.cfg
@@ -147,6 +205,13 @@ class HAWQ(Search):
         params = {n: layers[n].weight for n in ctx.layers}
         tr = hutchinson_traces(fm, _hessian_batches(ctx, c.hessian_samples), params, c.probes, torch.Generator().manual_seed(c.seed))
         return [tr[n] for n in ctx.layers]
+
+    def _act_sens(self, ctx):
+        c = self.cfg
+        fm = copy.deepcopy(ctx.float_model).to(ctx.device).eval()
+        layers = quantizable_layers(fm)
+        return act_sensitivity(fm, _hessian_batches(ctx, c.hessian_samples), {n: layers[n] for n in ctx.layers}, ctx.act_candidates,
+                               c.probes, torch.Generator().manual_seed(c.seed + 1), c.quant.act_percentile)
 
     def steps(self, ctx):
         c = self.cfg
@@ -157,15 +222,28 @@ class HAWQ(Search):
         perturb = np.array(ctx.recorded("perturbation", lambda: [quant_perturbation(fl[n].weight, c.bits, c.quant.narrow_range).tolist()
                                                                   for n in ctx.layers]))
         omega = sensitivity(traces, ctx.params, perturb)
-        cand = list(c.bits)
-        fixed = {ctx.layers.index(n): cand.index(b) for n, b in ctx.pinned.items()}
-        idx = ilp_allocate(omega, budget_constraints(ctx), fixed)
-        feasible = idx is not None
-        if not feasible: idx = np.array([fixed.get(l, 0) for l in range(len(ctx.layers))])
-        bits = {n: cand[j] for n, j in zip(ctx.layers, idx)}
-        yield PhaseStarted("qat", dict(bits=bits, epochs=c.epochs, ilp="optimal" if feasible else "infeasible"))
+        cand, a_bits = list(c.bits), None
+        if ctx.search_act:     # one (weight, activation) pair per layer; the image input keeps the reference width
+            acand, a8 = list(ctx.act_candidates), c.quant.a_bits or 8
+            om_a = np.array(ctx.recorded("act_sensitivity", lambda: self._act_sens(ctx).tolist()))
+            pairs = [(w, a) for w in cand for a in acand]
+            om = np.array([[omega[l, cand.index(w)] + om_a[l, acand.index(a)] for w, a in pairs] for l in range(len(ctx.layers))])
+            allowed = np.array([[(a == a8 or l > 0) and ctx.pinned.get(n, w) == w for w, a in pairs] for l, n in enumerate(ctx.layers)])
+            j = ilp_allocate(om, pair_constraints(ctx, pairs), allowed=allowed)
+            feasible = j is not None
+            if not feasible: j = np.array([int(np.flatnonzero(row)[0]) for row in allowed])   # the cheapest allowed pair
+            bits = {n: pairs[k][0] for n, k in zip(ctx.layers, j)}; a_bits = {n: pairs[k][1] for n, k in zip(ctx.layers, j)}
+            score = float(sum(om[l, k] for l, k in enumerate(j)))
+        else:
+            fixed = {ctx.layers.index(n): cand.index(b) for n, b in ctx.pinned.items()}
+            idx = ilp_allocate(omega, budget_constraints(ctx), fixed)
+            feasible = idx is not None
+            if not feasible: idx = np.array([fixed.get(l, 0) for l in range(len(ctx.layers))])
+            bits = {n: cand[j] for n, j in zip(ctx.layers, idx)}
+            score = float(sum(omega[l, j] for l, j in enumerate(idx)))
+        yield PhaseStarted("qat", dict(bits=bits, a_bits=a_bits, epochs=c.epochs, ilp="optimal" if feasible else "infeasible"))
         best = yield from train_map(ctx, bits, c.epochs, c.cycle_epochs, "qat", "ilp" if feasible else "cheapest (ILP infeasible)",
-                                    omega=float(sum(omega[l, j] for l, j in enumerate(idx))), trace=traces.tolist())
+                                    a_bits=a_bits, omega=score, trace=traces.tolist())
         ch = point_choice(ctx, best, "the ILP allocation" if feasible else "the cheapest allocation")
         if not feasible: ch.status, ch.reason = "INFEASIBLE", f"no allocation meets the cost budgets under the hardware model; {ch.reason}"
         return ch

@@ -328,7 +328,7 @@ class SearchContext:
         "`predict` for many (bits, a_bits) maps at once: {metric: array}."
         w = np.stack([self.hw.bits_vector(b, 8) for b, _ in maps]); a = np.stack([self.hw.bits_vector(a, 8, "activation") for _, a in maps])
         c = self.hw.costs_batch(w, a, mac=self.cfg.mac)
-        return {k: np.asarray(v, dtype=float) for k, v in c.vs_int8().items()}
+        return {k: np.broadcast_to(np.asarray(v, dtype=float), (len(maps),)) for k, v in c.vs_int8().items()}   # area: one value
 
     def savings(self, bits:dict, new:dict, metric:str) -> np.ndarray:
         "Per layer, how much `metric` (size_frac | energy_frac | latency_frac) falls if only that layer moves to `new[layer]`."

@@ -16,7 +16,7 @@ from .search import SearchConfig, Search, Choice, PhaseStarted, register_strateg
 
 # %% auto #0
 __all__ = ['qat_cycles', 'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'UniformConfig', 'Uniform',
-           'random_bit_map', 'RandomConfig', 'RandomMap', 'run_seeds', 'seed_summary']
+           'random_bit_map', 'random_map', 'RandomConfig', 'RandomMap', 'run_seeds', 'seed_summary']
 
 # %% ../nbs/10a_uniform.ipynb #9362ca73
 def _count(name, v, lo=0):
@@ -166,6 +166,34 @@ def random_bit_map(params, # Weights per layer
         idx[rng.choice(can)] += 1
     return cand[idx]
 
+# %% ../nbs/10a_uniform.ipynb #8e2f4b17
+def random_map(ctx, # SearchContext
+               rng:np.random.Generator, # The strategy's own generator
+               size_frac:float # Size target of the weight draw (fraction of INT8)
+              ) -> tuple[dict, dict|None]:
+    "A random (weights, activations) map within every cost budget: the size-targeted draw, random lowering until the cost model says it fits, random raises while it still does."
+    c, b = ctx.cfg, ctx.cfg.budget
+    pins = {ctx.layers.index(n): v for n, v in ctx.pinned.items()}
+    w = dict(zip(ctx.layers, random_bit_map(ctx.params, c.bits, size_frac, rng, pins).tolist()))
+    if b.energy_frac is None and b.latency_frac is None and b.bops_frac is None: return w, None
+    wc, ac, a8 = sorted(c.bits), sorted(ctx.act_candidates), c.quant.a_bits or 8
+    # under a BOPs budget activations are drawn too; the image input keeps the reference width, as in every search
+    a = ({n: (a8 if i == 0 else int(rng.choice(ac))) for i, n in enumerate(ctx.layers)} if ctx.search_act
+         else {n: a8 for n in ctx.layers})
+    def moves(d):
+        out = [("w", n, wc[wc.index(w[n]) + d]) for n in ctx.layers if n not in ctx.pinned and 0 <= wc.index(w[n]) + d < len(wc)]
+        if ctx.search_act: out += [("a", n, ac[ac.index(a[n]) + d]) for n in ctx.layers[1:] if 0 <= ac.index(a[n]) + d < len(ac)]
+        return out
+    def moved(m): k, n, v = m; return ({**w, n: v}, a) if k == "w" else (w, {**a, n: v})
+    while ctx.over(ctx.predict(w, a)) and (mv := moves(-1)):
+        w, a = moved(mv[rng.integers(len(mv))])
+    while mv := moves(+1):
+        p = ctx.predict_batch([moved(m) for m in mv])
+        ok = [m for i, m in enumerate(mv) if not ctx.over({k: float(v[i]) for k, v in p.items()})]
+        if not ok: break
+        w, a = moved(ok[rng.integers(len(ok))])
+    return w, (a if ctx.search_act else None)
+
 # %% ../nbs/10a_uniform.ipynb #e3ee74f2
 @dataclass(frozen=True)
 class RandomConfig(SearchConfig):
@@ -187,16 +215,16 @@ class RandomConfig(SearchConfig):
 class RandomMap(Search):
     "A random bit map at the target size; QAT `epochs` epochs."
     name = "random"
-    ours = ("map repair: lower random layers (chance ∝ weights) until it fits, then raise random layers while one fits",)
+    ours = ("map repair: lower random layers (chance ∝ weights) until it fits, then raise random layers while one fits",
+            "energy/latency/BOPs budgets: random lowering (activations too under BOPs) until the cost model says it fits, then random raises")
     def steps(self, ctx):
         c = self.cfg
         target = c.budget.size_frac if c.size_frac is None else c.size_frac
         rng = np.random.default_rng(c.seed if c.map_seed is None else c.map_seed)
-        pins = {ctx.layers.index(n): b for n, b in ctx.pinned.items()}
-        bmap = dict(zip(ctx.layers, random_bit_map(ctx.params, c.bits, target, rng, pins).tolist()))
+        bmap, amap = random_map(ctx, rng, target)
         yield PhaseStarted("random", dict(size_frac=target, map_seed=c.map_seed, epochs=c.epochs))
         ctx.restore(ctx.ref_snapshot)     # start from the INT8 reference (also after a resume before the first step)
-        best = yield from train_map(ctx, bmap, c.epochs, c.cycle_epochs, "random", "qat", target=target)
+        best = yield from train_map(ctx, bmap, c.epochs, c.cycle_epochs, "random", "qat", a_bits=amap, target=target)
         return point_choice(ctx, best, "the random map")
 
 # %% ../nbs/10a_uniform.ipynb #da2e425f

@@ -14,7 +14,9 @@ from sigmaquant_lab.quant import QuantConfig, quantizable_layers
 from sigmaquant_lab.train import float_model
 from sigmaquant_lab.search import search, cost_model, cost_floor
 from sigmaquant_lab.sigmaquant import SigmaQuantConfig
-from sigmaquant_lab.uniform import UniformConfig, search_epochs
+from sigmaquant_lab.amed import AMEDConfig
+from sigmaquant_lab.hawq import HAWQConfig
+from sigmaquant_lab.uniform import UniformConfig, RandomConfig, search_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = ("size_frac", "bops_frac", "energy_frac", "latency_frac")
@@ -40,11 +42,14 @@ def floor(setup, cfg):
 
 
 @pytest.mark.parametrize("kind", ["size", "bops", "energy"])
-@pytest.mark.parametrize("method", ["sigmaquant", "uniform"])
+@pytest.mark.parametrize("method", ["sigmaquant", "uniform", "random", "amed", "hawq"])
 def test_returned_map_is_within_every_cost_budget(setup, kind, method):
     model, data, cfg = setup
-    if method == "uniform":
-        cfg = UniformConfig(**{k: getattr(cfg, k) for k in ("e1", "e2", "int8_epochs", "device", "quant")}, w_bits=None, epochs=1)
+    common = {k: getattr(cfg, k) for k in ("e1", "e2", "int8_epochs", "device", "quant")}
+    if method == "uniform": cfg = UniformConfig(**common, w_bits=None, epochs=1)
+    if method == "random": cfg = RandomConfig(**common, epochs=1)
+    if method == "amed": cfg = AMEDConfig(**common, epochs=2, finetune_epochs=1, max_tries=50)
+    if method == "hawq": cfg = HAWQConfig(**common, epochs=1, hessian_samples=64, probes=4)
     if kind == "size": b = Budget(max_acc_drop=0.0, size_frac=0.27)
     elif kind == "bops": b = Budget(max_acc_drop=0.0, size_frac=1.0, bops_frac=0.1)
     else:
