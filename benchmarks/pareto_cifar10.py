@@ -51,12 +51,12 @@ HAS_BOPS = "bops_frac" in {f.name for f in fields(Budget)}
 PROTOCOLS = {
     "full": dict(data="cifar10", model="resnet20", limit=None,
                  fp32=dict(epochs=60, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=256, seed=0),
-                 sweep=dict(int8_epochs=2, e1=4, e2=2, rounds1=3, max_steps=20, batch_size=256, epochs=8,
+                 sweep=dict(int8_epochs=2, e1=4, e2=2, rounds1=3, max_steps=20, batch_size=256, epochs=8, pin_first_last=8,
                             method_overrides={}),
                  device="cuda", num_cpus=None, cpus_per_task=4, gpus_per_task=0.25),
     "quick": dict(data="digits", model="digits_cnn", limit=None,
                   fp32=dict(epochs=30, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=128, seed=0),
-                  sweep=dict(int8_epochs=1, e1=2, e2=1, rounds1=2, max_steps=6, batch_size=128, epochs=2,
+                  sweep=dict(int8_epochs=1, e1=2, e2=1, rounds1=2, max_steps=6, batch_size=128, epochs=2, pin_first_last=8,
                              method_overrides={"amed": {"finetune_epochs": 1}, "diffmp": {"finetune_epochs": 1}, "hawq": {"probes": 20}}),
                   device="cpu", num_cpus=2, cpus_per_task=1, gpus_per_task=1.0),
 }
@@ -134,9 +134,10 @@ def write_markdown(path, mode, proto, fp32, refs, summary, env, wall_s, n_runs, 
          f"{proto['fp32']['schedule']} schedule, {proto['fp32']['epochs']} epochs, batch {proto['fp32']['batch_size']}, bf16 autocast on GPU; "
          f"reached test accuracy **{fp32['test_acc']:.2%}** (val {fp32['val_acc']:.2%}) in {fp32['wall_s']:.0f} s on {fp32['device']}.",
          f"- Every run: INT8 reference (W8A8, {proto['sweep']['int8_epochs']} QAT epoch(s)), then the method. QAT recipe from settings.ini "
-         f"[train] (SGD, cosine), batch {proto['sweep']['batch_size']}. SigmaQuant: e1 {proto['sweep']['e1']}, e2 {proto['sweep']['e2']}, "
+         f"[train], batch {proto['sweep']['batch_size']}. SigmaQuant: e1 {proto['sweep']['e1']}, e2 {proto['sweep']['e2']}, "
          f"rounds1 {proto['sweep']['rounds1']}, max_steps {proto['sweep']['max_steps']}. Every fixed-budget method gets the QAT epochs "
          f"SigmaQuant spent at the same budget and seed (equal epochs); overrides {proto['sweep']['method_overrides'] or 'none'}.",
+         f"- First conv and last FC: {'at %d bits (weights) for every method, the field convention' % proto['sweep']['pin_first_last'] if proto['sweep'].get('pin_first_last') else 'searched like every other layer'}.",
          f"- Methods: {', '.join(args.methods)}. Seeds: {', '.join(map(str, args.seeds))}. Max accuracy drop vs INT8: {args.max_acc_drop:g}.",
          "- Budgets: average weight width 2 / 2.4 / 3 / 4 / 6 bits with A8 (size 25 / 30 / 37.5 / 50 / 75 % of INT8)"
          + ("; 1.5x / 2x / 4x the BOPs of uniform W2A2 (BOPs 9.4 / 12.5 / 25 % of INT8, no size limit, activation bits searched)." if HAS_BOPS
@@ -195,6 +196,7 @@ def main(argv=None):
     p.add_argument("--runs", default=None, help="folder for the run records (default: <settings cache>/bench-runs/<mode>)")
     p.add_argument("--out", default=str(ROOT/"benchmarks"/"results"), help="folder for pareto_<mode>.json/.md/.html")
     p.add_argument("--plan", action="store_true", help="build and check every config and print the grid; run nothing")
+    p.add_argument("--search-first-last", action="store_true", help="search the first conv and last FC too (default: both at 8 bits, the field's convention)")
     p.add_argument("--budget-s", type=float, default=None, help="time-boxed slices (benchmarks/slices.py): run what fits in N seconds, "
                    "keep every finished run in --results, continue from there next time")
     p.add_argument("--tiny", action="store_true", help="with --budget-s: the CPU twin (a few hundred CIFAR-10 images)")
@@ -206,6 +208,7 @@ def main(argv=None):
                             *(["--results", a.results] if a.results else []), *(["--device", a.device] if a.device else [])])
     mode = "quick" if a.quick else "full"
     proto = PROTOCOLS[mode]
+    if a.search_first_last: proto = dict(proto, sweep=dict(proto["sweep"], pin_first_last=None))
     st = load_settings(ROOT/"settings.ini")
     a.methods = tuple(a.methods.split(",")) if a.methods else default_methods()
     a.seeds = tuple(int(s) for s in a.seeds.split(","))

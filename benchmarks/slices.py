@@ -41,14 +41,14 @@ import sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp   # regis
 W2A2 = 4 / 64                         # BOPs of uniform W2A2 as a fraction of INT8
 LADDER = ((8, 8), (4, 8), (2, 8), (4, 4), (3, 3), (2, 2), (2, 3), (3, 2), (2, 4), (4, 2))
 PROTOCOLS = {
-    "gpu": dict(data="cifar10", model="resnet20", limit=None, device="auto", quantizer="lsq", max_acc_drop=0.01,
+    "gpu": dict(data="cifar10", model="resnet20", limit=None, device="auto", quantizer="lsq", max_acc_drop=0.01, pin_first_last=8,
                 fp32=dict(epochs=60, lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine", batch_size=256, seed=0),
                 qat=dict(int8_epochs=2, e1=4, e2=2, rounds1=3, max_steps=20, batch_size=256, epochs=8),
                 ladder=LADDER, main_budgets=(("size_frac", 0.3), ("size_frac", 0.375), ("bops_frac", 1.5 * W2A2), ("bops_frac", 2 * W2A2)),
                 rest_budgets=(("size_frac", 0.25), ("size_frac", 0.5), ("size_frac", 0.75), ("bops_frac", 4 * W2A2)),
                 peers=("uniform", "hawq", "amed"), rest_methods=("random", "diffmp"), seeds=(0, 1, 2)),
     # the CPU twin: same planner, slicing and resume path; a few hundred CIFAR-10 images, a few batches per epoch
-    "tiny": dict(data="cifar10", model="resnet20", limit=256, device="cpu", quantizer="lsq", max_acc_drop=0.01,
+    "tiny": dict(data="cifar10", model="resnet20", limit=256, device="cpu", quantizer="lsq", max_acc_drop=0.01, pin_first_last=8,
                  fp32=dict(epochs=1, lr=0.05, momentum=0.9, weight_decay=5e-4, schedule="onecycle", batch_size=64, seed=0),
                  qat=dict(int8_epochs=1, e1=1, e2=1, rounds1=1, max_steps=1, batch_size=64, epochs=1),
                  ladder=((8, 8), (2, 8), (2, 2)), main_budgets=(("size_frac", 0.3), ("bops_frac", 2 * W2A2)),
@@ -147,7 +147,8 @@ class Slices:
                              size_frac=c.get("size_frac"), bops_frac=c.get("bops_frac"), energy_frac=c.get("energy_frac"), avg_bits=c.get("avg_bits"),
                              epochs=search_epochs(r), wall_s=r["wall_s"], int8_test_acc=r["reference"]["acc_test"], fp32_test_acc=r["reference"]["fp32_acc_test"],
                              budget={k: v for k, v in r["config"]["budget"].items() if v is not None}))
-        idx = dict(digest=self.digest, mode=self.name, fp32=self.done("fp32"), runs=rows, timings=timings)
+        idx = dict(digest=self.digest, mode=self.name, fp32=self.done("fp32"), runs=rows, timings=timings,
+                   pin_first_last=self.proto.get("pin_first_last"), quantizer=self.proto["quantizer"])
         atomic_write_json(self.root/"index.json", idx)
         self.pack()
         return idx
@@ -240,7 +241,8 @@ def config_for(it:Item, proto:dict, st, sl:Slices, device:str):
         c = cls.from_settings(st, **kw)
         if it.method == "uniform": c = replace(c, w_bits=None)       # the widest W/A pair within the budgets
     over = {k: v for k, v in q.items() if k in c.__dataclass_fields__ and k != "epochs"}
-    return replace(c, quant=replace(c.quant, **quant), **over)
+    # the field's convention: first conv and last FC at 8 bits (weights) for every method, stated in the index
+    return replace(c, quant=replace(c.quant, **quant), pin_first_last=proto.get("pin_first_last"), **over)
 
 
 def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=sys.stdout) -> dict:

@@ -108,7 +108,7 @@ def load_settings(path=None, overrides=None) -> Settings:
 
 # %% ../nbs/00_core.ipynb #4625c349
 DEFAULT_SETTINGS = {
-    "data": dict(root="../shared/data", cache=".cache/sigmaquant-lab", cifar10_zip="cifar10-jpg.zip",
+    "data": dict(root="data", extra_roots="", cache=".cache/sigmaquant-lab", cifar10_zip="cifar10-jpg.zip",
                  cifar10_sha256="d259035398b7bd0f2474baaa2a5fdd7119118bc52b30759b4892573c3d597412",
                  val_frac="0.2", batch_size="128", seed="0"),
     "search": dict(bits="2,4,6,8", act_bits="", max_acc_drop="0.01", size_frac="0.35", energy_frac="", latency_frac="", bops_frac="", mac="shift_add",

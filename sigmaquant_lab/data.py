@@ -19,9 +19,9 @@ from tqdm import tqdm
 from .core import SQError, load_settings, resolve_device
 
 # %% auto #0
-__all__ = ['DATA_NAMES', 'TensorLoader', 'DataBundle', 'stratified_split', 'channel_stats', 'load_digits_bundle', 'file_sha256',
-           'decode_imagefolder', 'load_imagefolder_bundle', 'make_toy_imagefolder', 'zip_folder', 'load_cifar10',
-           'get_data']
+__all__ = ['CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'stratified_split', 'channel_stats', 'load_digits_bundle',
+           'file_sha256', 'decode_imagefolder', 'load_imagefolder_bundle', 'make_toy_imagefolder', 'zip_folder',
+           'data_roots', 'find_cifar10', 'read_cifar10_batches', 'load_cifar10', 'get_data']
 
 # %% ../nbs/04_data.ipynb #4d46d61e
 def _augment(x:torch.Tensor, # Float batch (B, C, H, W)
@@ -510,25 +510,95 @@ def zip_folder(src:str|Path, # Folder to pack
     return dst
 
 # %% ../nbs/04_data.ipynb #bf04261d
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+def data_roots(settings=None # `Settings` (default: `load_settings()`)
+              ) -> list[Path]:
+    "Where named datasets are looked for: `[data] root` (the checkout's `data/`), then `[data] extra_roots` (comma-separated)."
+    s = settings or load_settings()
+    extra = s.raw("data", "extra_roots") if s.cp.has_option("data", "extra_roots") else ""
+    base = s.path.parent if s.path is not None else Path.cwd()
+    more = [Path(x.strip()).expanduser() for x in extra.split(",") if x.strip()]
+    return [s.path_("data", "root"), *[p if p.is_absolute() else base/p for p in more]]
+
+def find_cifar10(settings=None) -> Path|None:
+    "The first CIFAR-10 found in the data roots: torchvision's `cifar-10-batches-py/` or `cifar-10-python.tar.gz`, or the JPEG zip."
+    s = settings or load_settings()
+    for root in data_roots(s):
+        for p in (root/"cifar-10-batches-py", root/"cifar-10-python.tar.gz", root/s.str("data", "cifar10_zip")):
+            if p.exists(): return p
+    return None
+
+def read_cifar10_batches(path:str|Path # torchvision's `cifar-10-batches-py` folder, or the `cifar-10-python.tar.gz` it comes in
+                        ) -> dict:
+    "CIFAR-10 in torchvision's (the original python) format as uint8 tensors: x_train, y_train, x_test, y_test, classes."
+    import pickle, tarfile
+    path = Path(path)
+    tar = tarfile.open(path, "r:gz") if path.is_file() else None
+    def load(name):
+        try:
+            if tar is None: f = open(path/name, "rb")
+            else: f = tar.extractfile(f"cifar-10-batches-py/{name}")
+            with f: return pickle.load(f, encoding="bytes")
+        except (OSError, KeyError, EOFError, pickle.UnpicklingError, AttributeError) as e:
+            raise SQError(f"{path} is not a complete CIFAR-10 python archive ({name}: {e.__class__.__name__})",
+                          f"download {CIFAR10_URL} again into the data folder") from None
+    try:
+        tr, te, meta = [load(f"data_batch_{i}") for i in range(1, 6)], load("test_batch"), load("batches.meta")
+    finally:
+        if tar is not None: tar.close()
+    x = lambda ds: torch.from_numpy(np.concatenate([np.asarray(d[b"data"], dtype=np.uint8) for d in ds]).reshape(-1, 3, 32, 32).copy())
+    y = lambda ds: torch.tensor(np.concatenate([np.asarray(d[b"labels"]) for d in ds]), dtype=torch.long)
+    return dict(x_train=x(tr), y_train=y(tr), x_test=x([te]), y_test=y([te]), classes=[c.decode() for c in meta[b"label_names"]])
+
 def load_cifar10(settings=None, # `Settings` (default: `load_settings()`)
+                 download:bool=False, # Not found anywhere: fetch it with torchvision's downloader into `[data] root`
                  **kw # Passed to `load_imagefolder_bundle` (val_frac, seed, cache_dir, limit_per_class, ...)
                 ) -> DataBundle:
-    "The shared CIFAR-10 zip as a `DataBundle` (3×32×32, 10 classes, augmented training batches)."
+    "CIFAR-10 from the data roots (torchvision's format or the JPEG zip) as a `DataBundle` (3×32×32, 10 classes, augmented training batches)."
     s = settings or load_settings()
-    p = s.path_("data", "root")/s.str("data", "cifar10_zip")
-    if not p.is_file():
-        where = s.path or "built-in defaults"
-        raise SQError(f"CIFAR-10 archive not found at {p} ([data] root + cifar10_zip in {where})",
-                      "put cifar10-jpg.zip there, set [data] root in settings.ini, or pass --data PATH/TO/cifar10-jpg.zip")
-    kw = dict(sha256=s.str("data", "cifar10_sha256") or None, val_frac=s.float("data", "val_frac"),
-              seed=s.int("data", "seed"), cache_dir=s.path_("data", "cache"), name="cifar10") | kw
-    return load_imagefolder_bundle(p, **kw)
+    p = find_cifar10(s)
+    if p is None and download:
+        root = data_roots(s)[0]
+        try:
+            import torchvision
+            torchvision.datasets.CIFAR10(str(root), download=True)
+        except Exception as e:
+            raise SQError(f"downloading CIFAR-10 into {root} failed ({e.__class__.__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})",
+                          f"download {CIFAR10_URL} by hand and put it in {root} (no need to unpack it)") from None
+        p = find_cifar10(s)
+    if p is None:
+        roots = ", ".join(str(r) for r in data_roots(s))
+        raise SQError(f"CIFAR-10 not found in {roots} (looked for cifar-10-batches-py/, cifar-10-python.tar.gz and {s.str('data', 'cifar10_zip')})",
+                      f"put one of them in data/, set [data] root or extra_roots in settings.ini, pass --data PATH/TO/cifar10-jpg.zip, "
+                      f"or get_data('cifar10', download=True) online")
+    base = dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed"))
+    if p.suffix == ".zip":
+        kw = dict(base, sha256=s.str("data", "cifar10_sha256") or None, cache_dir=s.path_("data", "cache"), name="cifar10") | kw
+        return load_imagefolder_bundle(p, **kw)
+    kw = base | kw
+    d = read_cifar10_batches(p)
+    if kw.get("limit_per_class"):
+        n = int(kw["limit_per_class"])
+        for sp in ("train", "test"):
+            y = d[f"y_{sp}"]; keep = torch.cat([torch.nonzero(y == c).flatten()[:n] for c in range(len(d["classes"]))]).sort().values
+            d[f"x_{sp}"], d[f"y_{sp}"] = d[f"x_{sp}"][keep], y[keep]
+    if kw.get("image_size") not in (None, 32, (32, 32)):
+        from torchvision.transforms.functional import resize
+        hw = [kw["image_size"]] * 2 if isinstance(kw["image_size"], int) else list(kw["image_size"])[::-1]
+        for sp in ("train", "test"): d[f"x_{sp}"] = resize(d[f"x_{sp}"], hw, antialias=True)
+    vf = _check_split_frac("val_frac", kw["val_frac"])
+    perm = torch.from_numpy(np.random.default_rng(kw["seed"]).permutation(len(d["y_test"])))
+    tr, va, te = _carve(d["x_train"], d["y_train"], vf, kw["seed"], test=(d["x_test"][perm], d["y_test"][perm]))
+    mean, std = channel_stats(tr[0])
+    return DataBundle("cifar10", *tr, *va, *te, num_classes=len(d["classes"]), in_shape=tuple(tr[0].shape[1:]), classes=d["classes"],
+                      augment=True, mean=mean, std=std)
 
 # %% ../nbs/04_data.ipynb #f08b2e9b
 DATA_NAMES = ("digits", "cifar10")
 
 def get_data(name:str, # "digits", "cifar10", or a path to an ImageFolder folder or .zip
-             settings=None, # `Settings` (default: `load_settings()`); gives val_frac, seed, cache and data root
+             settings=None, # `Settings` (default: `load_settings()`); gives val_frac, seed, cache and the data roots
              progress:bool|None=None, # Progress bar while decoding images (digits has nothing to decode; None: the loader's default)
              **kw # Passed to the loader (e.g. image_size, limit_per_class, val_frac, seed)
             ) -> DataBundle:
@@ -540,7 +610,7 @@ def get_data(name:str, # "digits", "cifar10", or a path to an ImageFolder folder
         return load_digits_bundle(**(dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed")) | kw))
     if key.lower() == "cifar10": return load_cifar10(s, **kw)
     p = Path(key).expanduser()
-    if not p.exists() and not p.is_absolute() and (s.path_("data", "root")/p).exists(): p = s.path_("data", "root")/p
+    if not p.exists() and not p.is_absolute(): p = next((r/p for r in data_roots(s) if (r/p).exists()), p)
     if p.exists():
         return load_imagefolder_bundle(p, **(dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed"),
                                                   cache_dir=s.path_("data", "cache")) | kw))

@@ -17,7 +17,7 @@ import torch
 from fastcore.basics import patch
 
 from .core import SQError, Budget, check_bits, load_settings
-from .data import get_data
+from .data import get_data, find_cifar10
 from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
@@ -87,7 +87,7 @@ def available_datasets(settings=None) -> list[str]:
     "Datasets the explorer offers: digits, CIFAR-10 when its archive exists, and a user path."
     s = settings or load_settings()
     out = ["digits"]
-    if (s.path_("data", "root")/s.str("data", "cifar10_zip")).is_file(): out.append("cifar10")
+    if find_cifar10(s) is not None: out.append("cifar10")
     return out + ["path"]
 
 # %% ../nbs/14_explorer.ipynb #3f4210ba

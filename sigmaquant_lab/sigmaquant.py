@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .core import SQError
-from .stats import SIGMA_NORMS, KL_NORMS
+from .stats import SIGMA_NORMS, KL_NORMS, normalize
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy
 
 # %% auto #0
-__all__ = ['SELECTORS', 'OVER_BUDGET', 'balanced_kmeans_1d', 'clustering_objective', 'clusters_to_bits', 'step_bits',
+__all__ = ['SELECTORS', 'ABANDON', 'balanced_kmeans_1d', 'clustering_objective', 'clusters_to_bits', 'step_bits',
            'candidate_moves', 'choose_moves', 'joint_moves', 'fit_moves', 'raise_moves', 'SigmaQuantConfig',
            'SigmaQuant']
 
@@ -60,11 +60,13 @@ def clustering_objective(x, labels, lam:float, k:int) -> float:
     return tot
 
 # %% ../nbs/09_sigmaquant.ipynb #410563cc
-def clusters_to_bits(labels:np.ndarray, k:int, bits:tuple) -> np.ndarray:
+def clusters_to_bits(labels:np.ndarray, k:int, bits:tuple,
+                     shift:int=0 # Move every cluster this many candidate widths down (ours: Phase 1 aiming at a budget)
+                    ) -> np.ndarray:
     "Bit width per layer from cluster labels (label 0 = lowest centroid)."
     bits = sorted(bits)
-    if k == 1: return np.full(len(labels), bits[-1])
-    ranks = np.round(np.arange(k) * (len(bits)-1) / (k-1)).astype(int)
+    if k == 1: return np.full(len(labels), bits[max(0, len(bits) - 1 - shift)])
+    ranks = np.maximum(np.round(np.arange(k) * (len(bits)-1) / (k-1)).astype(int) - shift, 0)
     return np.array([bits[ranks[l]] for l in labels])
 
 # %% ../nbs/09_sigmaquant.ipynb #090bf405
@@ -174,7 +176,7 @@ def raise_moves(ctx, bits:dict, a_bits:dict, measured:dict, kl_w_cur, kl_a_cur, 
 
 
 # %% ../nbs/09_sigmaquant.ipynb #708f2865
-SELECTORS, OVER_BUDGET = ("kl", "kl_per_byte"), ("fit", "paper")
+SELECTORS, ABANDON = ("kl", "kl_per_byte"), ("lower", "paper")
 
 @dataclass(frozen=True)
 class SigmaQuantConfig(SearchConfig):
@@ -193,7 +195,7 @@ class SigmaQuantConfig(SearchConfig):
     patience:int=3 # Steps without progress on d before rolling back
     max_steps:int=40 # Step cap (paper: 40)
     selector:str="kl" # kl | kl_per_byte (ours, flagged)
-    over_budget:str="fit" # fit (ours: cost budgets are hard: lower by KL per unit of cost saved until they fit, raise only within them) | paper (stop in the abandon zone)
+    abandon:str="lower" # lower (ours: cost budgets are hard: lower by KL per unit of cost saved until they fit, raise only within them) | paper (stop in the abandon zone)
     def __post_init__(self):
         super().__post_init__()
         for k, lo in (("clusters", 1), ("rounds1", 1), ("bit_step", 1), ("layers_per_step", 1), ("patience", 1), ("max_steps", 0)):
@@ -201,7 +203,7 @@ class SigmaQuantConfig(SearchConfig):
             if not isinstance(v, int) or v < lo: raise SQError(f"{k}={v!r} is not an integer >= {lo}", f"set {k} to an integer >= {lo}")
         if self.sigma_norm not in SIGMA_NORMS: raise SQError(f"sigma_norm {self.sigma_norm!r} is unknown", f"use one of {', '.join(SIGMA_NORMS)}")
         if self.kl_norm not in KL_NORMS: raise SQError(f"kl_norm {self.kl_norm!r} is unknown", f"use one of {', '.join(KL_NORMS)}")
-        if self.over_budget not in OVER_BUDGET: raise SQError(f"over_budget {self.over_budget!r} is unknown", f"use one of {', '.join(OVER_BUDGET)}")
+        if self.abandon not in ABANDON: raise SQError(f"abandon {self.abandon!r} is unknown", f"use one of {', '.join(ABANDON)}")
         if self.selector not in SELECTORS: raise SQError(f"selector {self.selector!r} is unknown", f"use one of {', '.join(SELECTORS)}")
         if self.lambda0 < 0 or self.lambda_step < 0: raise SQError("lambda0/lambda_step must be >= 0", "use e.g. lambda0=0, lambda_step=0.1")
 
@@ -213,7 +215,7 @@ class SigmaQuant(Search):
     ours = ("lambda0", "sigma_norm", "kl_norm", "selector", "pin_first_last", "validation split carved from train",
             "BOPs search: activations start at the configured width, first layer's input frozen, moves ranked by KL per BOPs saved",
             "raw unfused conv weights for sigma/KL", "Phase 1 restarts each round from the INT8 reference",
-            "over_budget=fit: cost budgets are hard (lower by KL per unit of cost saved until they fit, raise only within them)")
+            "abandon=lower: cost budgets are hard (lower by KL per unit of cost saved until they fit, raise only within them)")
 
     def _measure(self, ctx, bits, epochs, what, a_bits=None):
         bits = ctx.apply(bits, a_bits); ctx.qat(epochs, what)
@@ -230,17 +232,40 @@ class SigmaQuant(Search):
             raw, s = ctx.sigmas(c.sigma_norm)
             labels, cents, obj = balanced_kmeans_1d(s, c.clusters, lam)
             k = len(cents)
-            bmap = dict(zip(ctx.layers, clusters_to_bits(labels, k, c.bits).tolist()))
-            bits, acc, costs = self._measure(ctx, bmap, c.e1, f"phase1 λ={lam:.2f}")
+            bmap, amap, aim = dict(zip(ctx.layers, clusters_to_bits(labels, k, c.bits).tolist())), None, {}
+            if c.abandon == "lower" and (ctx.search_act or c.budget.energy_frac is not None or c.budget.latency_frac is not None):
+                bmap, amap, aim = self._aim(ctx, labels, k, lam)
+            bits, acc, costs = self._measure(ctx, bmap, c.e1, f"phase1 λ={lam:.2f}", amap)
             close = acc >= ctx.acc_target - c.delta_acc or costs["size_frac"] <= c.budget.size_frac + c.delta_size
             d = ctx.distance(acc, costs)
             snap = ctx.snapshot()     # before the yield: a replay names the state of *this* step
             yield ctx.step_event("phase1", r, bits, acc, costs, "phase2" if close else "next_lambda", kl=ctx.kl(bits, c.kl_norm)[1],
-                                 lam=lam, clusters=labels.tolist(), centroids=cents.tolist(), sigma=raw.tolist(), sigma_n=s.tolist(), d=d)
+                                 lam=lam, clusters=labels.tolist(), centroids=cents.tolist(), sigma=raw.tolist(), sigma_n=s.tolist(), d=d, **aim)
             if best is None or d < best[0] or close:
                 best = (d, bits, acc, costs, snap, labels.tolist(), lam)
             if close: break
         return best[1:]
+
+    def _aim(self, ctx, labels, k, lam):
+        "Phase 1 under a BOPs/energy/latency budget: of the (weight × activation) cluster → width mappings, the one closest to the budgets from below."
+        c, b = self.cfg, self.cfg.budget
+        wmaps = {tuple(clusters_to_bits(labels, k, c.bits, s)) for s in range(len(c.bits))}
+        amaps, aim = {None}, {}
+        if ctx.search_act:     # cluster each layer's input by its KL at the lowest width, like σ; the image input keeps its width
+            x = normalize(ctx.act_kl_table()[:, 0], c.sigma_norm)
+            al, ac, _ = balanced_kmeans_1d(x, c.clusters, lam)
+            a8 = c.quant.a_bits or 8
+            amaps = {(a8, *clusters_to_bits(al, len(ac), ctx.act_candidates, s)[1:].tolist()) for s in range(len(ctx.act_candidates))}
+            aim["act_clusters"] = al.tolist()
+        pairs = [(w, a) for w in sorted(wmaps, reverse=True) for a in sorted(amaps, key=lambda t: () if t is None else t, reverse=True)]
+        maps = [({**dict(zip(ctx.layers, map(int, w))), **ctx.pinned}, None if a is None else dict(zip(ctx.layers, map(int, a))))
+                for w, a in pairs]
+        p = ctx.predict_batch([(m, a or {n: c.quant.a_bits or 8 for n in ctx.layers}) for m, a in maps])
+        ratio = np.max([p[k] / getattr(b, k) for k in ("size_frac", "bops_frac", "energy_frac", "latency_frac") if getattr(b, k) is not None], 0)
+        fit = np.flatnonzero(ratio <= 1 + 1e-9)
+        i = int(fit[np.argmax(ratio[fit])]) if len(fit) else int(np.argmin(ratio))   # closest from below, else the cheapest
+        aim.update(aim_ratio=float(ratio[i]), aim_tried=len(maps))
+        return maps[i][0], maps[i][1], aim
 
     def _paper_moves(self, ctx, cur, kl, short, over, frozen):
         "The paper's Phase-2 move: raise (accuracy short) or lower (over budget) `layers_per_step` layers by KL."
@@ -260,12 +285,12 @@ class SigmaQuant(Search):
         c = self.cfg
         bits, acc, costs, snap, clusters, lam = yield from self.phase1(ctx)
         ctx.restore(snap)
-        yield PhaseStarted("phase2", dict(max_steps=c.max_steps, patience=c.patience, over_budget=c.over_budget))
+        yield PhaseStarted("phase2", dict(max_steps=c.max_steps, patience=c.patience, abandon=c.abandon))
         cur = dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
         feasible = cur if ctx.meets(acc, costs) else None          # best point meeting every budget
         fitting = cur if not ctx.over(costs) else None             # most accurate point within the cost budgets
         best_d, stable, stall, reason, abandoned = ctx.distance(acc, costs), cur, 0, "", False
-        frozen, frozen_a, fit = set(ctx.pinned), {ctx.layers[0]}, c.over_budget == "fit"
+        frozen, frozen_a, fit = set(ctx.pinned), {ctx.layers[0]}, c.abandon == "lower"
         step = 0
         while True:
             step += 1

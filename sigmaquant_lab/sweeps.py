@@ -19,7 +19,7 @@ from .data import get_data
 from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
-from .search import search, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
+from .search import search, check_budgets, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
@@ -90,6 +90,7 @@ class SweepConfig:
     weights:str|None=None # Float state_dict to start from (None: train one for `fp_epochs`, cached)
     fp_epochs:int|None=None # Epochs of the float model when no `weights`
     quantizer:str|None=None # minmax | lsq, the same for every method
+    pin_first_last:int|None=None # First conv and last FC at this width for every method (benchmarks: 8, the field's convention; None: searched)
     bits:tuple|None=None # Candidate weight widths (None: settings; a method with its own default, e.g. AMED, keeps it)
     int8_epochs:int|None=None # QAT epochs of the INT8 reference
     e1:int|None=None # QAT epochs per Phase-1 round (methods with `e1`)
@@ -174,7 +175,7 @@ def method_config(method:str, # Registered method name
     kw = {f.name: getattr(base, f.name) for f in fields(cls)}
     for k in [k for k in kw if k in {f.name for f in fields(SearchConfig)} and _own_default(cls, k)]: kw.pop(k)
     over = dict(budget=budget, seed=seed, device=sc.device, bits=sc.bits, int8_epochs=sc.int8_epochs, e1=sc.e1, e2=sc.e2,
-                rounds1=sc.rounds1, max_steps=sc.max_steps, epochs=sc.epochs, batch_size=sc.batch_size)
+                rounds1=sc.rounds1, max_steps=sc.max_steps, epochs=sc.epochs, batch_size=sc.batch_size, pin_first_last=sc.pin_first_last)
     kw.update({k: v for k, v in over.items() if v is not None and k in names})
     if sc.quantizer: kw["quant"] = replace(kw["quant"], quantizer=sc.quantizer)
     mo = dict(sc.method_overrides.get(method, {}))
@@ -458,7 +459,7 @@ def _say(progress, msg):
     if progress: print(msg, file=sys.stderr, flush=True)
 
 def _row_line(row, i, n) -> str:
-    if row["status"] in ("FAILED", "CANCELLED"): return f"[{i}/{n}] {row['name']:<34} {row['status']}: {row['error']}"
+    if row["status"] in ("FAILED", "CANCELLED") or row.get("wall_s") is None: return f"[{i}/{n}] {row['name']:<34} {row['status']}: {row['error']}"
     pct = lambda v: "-" if v is None else f"{v:.1%}"
     note = " (reused)" if row.get("reused") else f" (attempt {row['attempts']})" if (row.get("attempts") or 1) > 1 else ""
     return (f"[{i}/{n}] {row['name']:<34} {row['status']:<11} test {pct(row['test_acc'])}  size {pct(row['size_frac'])}  "
@@ -477,6 +478,11 @@ def run_sweep(sc:SweepConfig, # The grid and what every run shares
     if sc.backend == "local" and address: raise SQError("an address was given with backend='local'", "use backend='ray' to join a cluster")
     data, state, meta = sweep_inputs(sc, st, progress=progress)
     rows = reuse_rows(specs, out, meta)               # finished records with the same settings are reused
+    probe = get_model(meta["model_name"], data.num_classes, data.in_shape, check=False)
+    for p in specs:                                   # a budget below the floor of the candidate set: refused up front, not run
+        if p.name in rows: continue
+        try: check_budgets(probe, data, p.cfg)
+        except SQError as e: rows[p.name] = failed_row(p, f"refused before training: {e}", 0, "INFEASIBLE")
     todo = [p for p in specs if p.name not in rows]
     n, k = len(specs), len(rows)
     for p in specs:
@@ -521,7 +527,7 @@ def _submit_matched(ex, p:RunSpec, rows:dict) -> dict|None:
     "Submit `p` with its reference run's QAT epochs; a reference that failed makes `p` a failed row (returned), not a run."
     if p.match is not None:
         ref = rows.get(p.match)
-        if ref is None or ref["status"] in ("FAILED", "CANCELLED"):
+        if ref is None or ref["status"] in ("FAILED", "CANCELLED") or ref.get("search_epochs") is None:
             return failed_row(p, f"not run: its reference run {p.match} failed, so the QAT epochs to match are unknown", 0)
         p.cfg = replace(p.cfg, epochs=int(ref["search_epochs"]))
     ex.submit(p, 0, _inject(p.name))

@@ -1,6 +1,6 @@
 """Cost budgets are hard limits (issue 11): the map a search returns is within every cost budget given, a budget below
 the floor of the candidate set is refused before any training, the INT8 reference is returned at once when it already
-meets every budget, and the paper's abandon rule is kept behind `over_budget="paper"`."""
+meets every budget, and the paper's abandon rule is kept behind `abandon="paper"`."""
 import os, subprocess, sys
 from dataclasses import replace
 from pathlib import Path
@@ -106,8 +106,20 @@ def test_int8_fast_path_spends_no_search_epochs(setup):
 def test_paper_switch_keeps_the_abandon_rule(setup):
     model, data, cfg = setup
     b = Budget(max_acc_drop=0.0, size_frac=0.26)
-    paper = search(model, data, replace(cfg, budget=b, over_budget="paper"))
+    paper = search(model, data, replace(cfg, budget=b, abandon="paper"))
     ours = search(model, data, replace(cfg, budget=b))
     assert paper.status == "INFEASIBLE" and "abandon" in paper.reason and paper.costs["size_frac"] > 0.26, (paper.status, paper.reason)
     assert ours.status in ("OK", "BEST_EFFORT") and ours.costs["size_frac"] <= 0.26 + 1e-9, (ours.status, ours.reason)
     assert any(h["decision"].startswith("fit budget") for h in ours.history)
+
+
+def test_phase1_aims_at_a_tight_bops_budget(setup):
+    "Phase 1 picks activation widths too, so a tight BOPs budget is met by the Phase-1 point or one fitting step."
+    model, data, cfg = setup
+    b = Budget(max_acc_drop=0.05, size_frac=1.0, bops_frac=0.1)
+    res = search(model, data, replace(cfg, budget=b, max_steps=6))
+    p1 = res.history[0]
+    assert p1["phase"] == "phase1" and p1["costs"]["bops_frac"] <= 0.1 + 1e-9, p1["costs"]["bops_frac"]
+    assert min(p1["a_bits"].values()) < 8 and p1["extra"]["aim_ratio"] <= 1 + 1e-9
+    assert not any(h["decision"].startswith("fit budget") for h in res.history)      # no walk down to the budget
+    assert res.costs["bops_frac"] <= 0.1 + 1e-9 and res.status in ("OK", "BEST_EFFORT")

@@ -8,14 +8,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT/"benchmarks"))
 from sigmaquant_lab.core import load_settings
+from sigmaquant_lab.data import find_cifar10
 
 CMD = [sys.executable, str(ROOT/"benchmarks"/"pareto_cifar10.py"), "--tiny"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "SIGMAQUANT_SETTINGS": str(ROOT/"settings.ini")}
 
 
-def cifar_available():
-    s = load_settings(ROOT/"settings.ini")
-    return (s.path_("data", "root")/s.str("data", "cifar10_zip")).is_file()
+def cifar_available(): return find_cifar10(load_settings(ROOT/"settings.ini")) is not None
 
 
 pytestmark = pytest.mark.skipif(not cifar_available(), reason="the shared CIFAR-10 zip is not on this machine")
