@@ -21,6 +21,7 @@ from .train import float_model
 from .runs import check_writable, PARTIAL
 from .search import search, check_budgets, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .sigmaquant import SigmaQuantConfig
+from .uniform import UniformConfig
 
 # %% auto #0
 __all__ = ['BASELINE_MODULES', 'PREFERRED_METHODS', 'BACKENDS', 'UNIFORM_WIDTHS', 'ROW_KEYS', 'METRICS', 'method_names',
@@ -182,6 +183,8 @@ def method_config(method:str, # Registered method name
     bad = sorted(set(mo) - names)
     if bad: raise SQError(f"method_overrides for {method} name unknown field(s) {bad}", f"use fields of {cls.__name__}: {', '.join(sorted(names))}")
     fit = "w_bits" in names and "w_bits" not in mo
+    if fit and issubclass(cls, UniformConfig):      # the widest W/A pair within every cost budget, pins and image input counted
+        kw.update(w_bits=None, a_bits=None, bits=tuple(sc.bits or UNIFORM_WIDTHS)); fit = False
     if fit: kw.update(fit_uniform(budget, names))
     kw.update(mo)
     try:
