@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from .core import SQError
-from .search import SearchConfig, Search, PhaseStarted, register_strategy
-from .uniform import random_bit_map, random_map, map_costs, over_budget, point_choice, _count
+from .search import SearchConfig, Search, PhaseStarted, register_strategy, map_costs, over_budget, point_choice, _count
+from .uniform import random_bit_map, random_map
 
 # %% auto #0
 __all__ = ['PICKS', 'proposal_probs', 'propose', 'mh_accept_prob', 'ema_scores', 'AMEDConfig', 'mean_ce', 'AMED']
@@ -191,15 +191,14 @@ class AMED(Search):
     def _measure(self, ctx, phase, step, bits, info, epochs, lat8, scores=None, cur=None, lq=0.0, rng=None, a_bits=None):
         "Apply, QAT, measure ζ (and the MH decision when a chain state exists); yield the step; return the point."
         c = self.cfg
-        bits = ctx.apply(bits, a_bits); ctx.qat(epochs, f"{phase} {step}")
-        acc, costs = ctx.evaluate(), ctx.costs(bits)
+        m = ctx.measure(bits, epochs, f"{phase} {step}", a_bits)
+        bits, acc, costs, snap = m["bits"], m["acc"], m["costs"], m["snap"]
         ce = ctx.recorded("ce", lambda: mean_ce(ctx.model, ctx.loaders["val"]))
         lat = map_costs(ctx, bits)["latency_us"] / lat8
         zeta = c.alpha * ce + c.beta * lat
         p = 1.0 if cur is None else mh_accept_prob(cur["zeta"], zeta, info["temp"], lq)
         accepted = True if cur is None else bool(rng.random() < p)
         decision = info.pop("decision", None) or ("start" if cur is None else ("accept" if accepted else "reject"))
-        snap = ctx.snapshot()      # before the yield: while replaying, it names this step's saved state
         pt = dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, zeta=zeta, accepted=accepted, snap=snap)
         yield ctx.step_event(phase, step, bits, acc, costs, decision, kl=ctx.kl(bits)[1], zeta=zeta, ce=ce, lat_norm=lat,
                              p_accept=p, **info)

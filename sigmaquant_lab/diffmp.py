@@ -17,8 +17,7 @@ import torch.nn.functional as F
 from .core import SQError, check_bits
 from .quant import quant_layers, qrange
 from .train import make_optimizer, make_scheduler
-from .search import SearchConfig, Search, PhaseStarted, register_strategy
-from .uniform import point_choice, qat_cycles, _count
+from .search import SearchConfig, Search, PhaseStarted, register_strategy, point_choice, qat_cycles, _count
 
 # %% auto #0
 __all__ = ['round_ewgs', 'LearnedWidthQuantizer', 'round_widths', 'learned_size_frac', 'memory_penalty', 'DiffMPConfig', 'DiffMP']
@@ -244,9 +243,7 @@ class DiffMP(Search):
         bits = self._rounded(ctx, w[:, 0])
         self._uninstall(ctx)
         yield PhaseStarted("finetune", dict(epochs=c.finetune_epochs, bits=bits))
-        bits = ctx.apply(bits); ctx.qat(c.finetune_epochs, "finetune")
-        acc, costs = ctx.evaluate(), ctx.costs(bits)
-        snap = ctx.snapshot()
-        pt = dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
-        yield ctx.step_event("finetune", 0, bits, acc, costs, "rounded learned widths", kl=ctx.kl(bits)[1], widths=w[:, 0].tolist())
+        pt = ctx.measure(bits, c.finetune_epochs, "finetune")
+        yield ctx.step_event("finetune", 0, pt["bits"], pt["acc"], pt["costs"], "rounded learned widths", kl=ctx.kl(pt["bits"])[1],
+                             widths=w[:, 0].tolist())
         return point_choice(ctx, pt, "the rounded learned map")

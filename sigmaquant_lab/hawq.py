@@ -16,8 +16,7 @@ from scipy.optimize import milp, LinearConstraint, Bounds
 
 from .core import SQError
 from .quant import WeightQuantizer, quantizable_layers, get_act_bits
-from .search import SearchConfig, Search, PhaseStarted, register_strategy
-from .uniform import train_map, point_choice, _count
+from .search import SearchConfig, Search, PhaseStarted, register_strategy, train_map, point_choice, _count
 
 # %% auto #0
 __all__ = ['hutchinson_traces', 'quant_perturbation', 'sensitivity', 'act_sensitivity', 'ilp_allocate', 'brute_allocate',

@@ -26,7 +26,8 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
            'StateRef', 'cost_model', 'cost_floor', 'check_floor', 'check_budgets', 'SearchContext', 'Reference',
-           'digest_state', 'reference_key', 'SearchResult', 'search', 'Search', 'FixedBitsConfig', 'FixedBits']
+           'digest_state', 'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles', 'search_epochs',
+           'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -293,6 +294,15 @@ class SearchContext:
                      on_progress=self._on_progress, cancel=self.cancel, progress=self.progress, desc=what)
         self.epochs += epochs
         return rep
+
+    def measure(self, bits:dict, epochs:int, what:str, a_bits:dict|None=None, apply:bool=True) -> dict:
+        "The one measuring step of every method: apply (pins win) and calibrate, QAT, evaluate, cost, snapshot; returns the point."
+        if apply: bits = self.apply(bits, a_bits)
+        else: bits = {**{n: bits[n] for n in self.layers}, **self.pinned}
+        self.qat(epochs, what)
+        acc, costs = self.evaluate(), self.costs(bits)
+        snap = self.snapshot()      # before the caller yields the step: while replaying, it names this step's saved state
+        return dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
 
     def evaluate(self, split:str="val") -> float:
         "Accuracy on a split (decisions use `val`)."
@@ -731,6 +741,69 @@ class Search:
         cfg = self.cfg if budget is None else replace(self.cfg, budget=budget)
         return search(model, data, cfg, on_event=events, cancel=cancel, **kw)
 
+# %% ../nbs/08_search.ipynb #9362ca73
+def _count(name, v, lo=0):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise SQError(f"{name}={v!r} is not an integer >= {lo}", f"set {name} to an integer >= {lo}")
+    return v
+
+def qat_cycles(epochs:int, # Total QAT epochs
+               cycle_epochs:int=0 # Epochs per cycle; 0 = one cycle
+              ) -> list[int]:
+    "Epochs of each QAT cycle (one step each)."
+    _count("epochs", epochs); _count("cycle_epochs", cycle_epochs)
+    if epochs == 0: return [0]
+    if cycle_epochs == 0 or cycle_epochs >= epochs: return [epochs]
+    return [cycle_epochs] * (epochs // cycle_epochs) + ([epochs % cycle_epochs] if epochs % cycle_epochs else [])
+
+def search_epochs(result) -> int:
+    "QAT epochs a finished search spent after its INT8 reference: the `epochs` to give a baseline for the same budget."
+    return int(result.epochs - result.reference["epochs"])
+
+# %% ../nbs/08_search.ipynb #9907e37a
+def map_costs(ctx, # SearchContext
+              bits:dict, # {layer: w_bits}
+              a_bits:dict|None=None, # {layer: a_bits} (default: the model's current activation widths)
+             ) -> dict:
+    "Size, BOPs, energy and latency of any bit map as fractions of INT8 (hardware model only; replay-safe)."
+    return ctx.predict(bits, a_bits)
+
+def over_budget(ctx, bits:dict, a_bits:dict|None=None) -> dict:
+    "Cost budgets (size, energy, latency, BOPs) `bits` would exceed, with the excess."
+    b = ctx.cfg.budget
+    size = float((ctx.params * np.array([bits[n] for n in ctx.layers])).sum() / 8 / ctx.params.sum())
+    if b.energy_frac is None and b.latency_frac is None and b.bops_frac is None:   # size only: skip the hardware model
+        return {"size_frac": size - b.size_frac} if size > b.size_frac + 1e-9 else {}
+    return ctx.over({**map_costs(ctx, bits, a_bits), "size_frac": size})
+
+# %% ../nbs/08_search.ipynb #c6a50f68
+def train_map(ctx, # SearchContext
+              bits:dict, # Bit map to train
+              epochs:int, # Total QAT epochs
+              cycle_epochs:int=0, # Epochs per cycle (one step each); 0 = one cycle
+              phase:str="qat", # Phase name of the steps
+              decision:str="qat", # Decision text of the steps
+              a_bits:dict|None=None, # Activation widths (None: leave them)
+              **extra): # Extra facts for every step
+    "Apply `bits`, QAT it cycle by cycle (yielding a `StepFinished` each); return the best point."
+    best = None
+    for i, e in enumerate(qat_cycles(epochs, cycle_epochs)):
+        pt = ctx.measure(bits, e, f"{phase} {i}", a_bits, apply=i == 0)
+        if best is None or pt["acc"] > best["acc"]: best = pt
+        yield ctx.step_event(phase, i, pt["bits"], pt["acc"], pt["costs"], decision, kl=ctx.kl(pt["bits"])[1], **extra)
+    return best
+
+def point_choice(ctx, # SearchContext
+                 pt:dict, # A point: bits, acc, costs, snap
+                 what:str="the bit map", # How the reason names it
+                 **extra) -> Choice:
+    "The `Choice` for one measured point: OK, INFEASIBLE (a cost budget is broken) or BEST_EFFORT (accuracy short)."
+    over = ctx.over(pt["costs"])
+    if ctx.meets(pt["acc"], pt["costs"]): st, why = "OK", "targets met"
+    elif over: st, why = "INFEASIBLE", f"{what} exceeds the {', '.join(over)} budget"
+    else: st, why = "BEST_EFFORT", f"{what} is {100*(ctx.acc_target - pt['acc']):.2f} pt short of the accuracy target"
+    return Choice(st, pt["bits"], pt["snap"]["state"], why, extra, pt.get("a_bits"))
+
 # %% ../nbs/08_search.ipynb #c80f8511
 @dataclass(frozen=True)
 class FixedBitsConfig(SearchConfig):
@@ -744,8 +817,8 @@ class FixedBits(Search):
     name, budget_driven = "fixed", False
     def steps(self, ctx):
         bits = self.cfg.bit_map or {n: self.cfg.w_bits for n in ctx.layers}
-        bits = ctx.apply(bits); ctx.qat(self.cfg.e1, "fixed")
-        acc, costs = ctx.evaluate(), ctx.costs(bits)
+        pt = ctx.measure(bits, self.cfg.e1, "fixed")
+        bits, acc, costs = pt["bits"], pt["acc"], pt["costs"]
         ok = ctx.meets(acc, costs)
         yield ctx.step_event("fixed", 0, bits, acc, costs, "target" if ok else "report", kl=ctx.kl(bits)[1])
         return Choice("OK" if ok else "INFEASIBLE", bits, reason="" if ok else "the fixed bit map misses the budget")

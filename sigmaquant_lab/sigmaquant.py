@@ -218,9 +218,8 @@ class SigmaQuant(Search):
             "abandon=lower: cost budgets are hard (lower by KL per unit of cost saved until they fit, raise only within them)")
 
     def _measure(self, ctx, bits, epochs, what, a_bits=None):
-        bits = ctx.apply(bits, a_bits); ctx.qat(epochs, what)
-        acc, costs = ctx.evaluate(), ctx.costs(bits)
-        return bits, acc, costs
+        pt = ctx.measure(bits, epochs, what, a_bits)
+        return pt["bits"], pt["acc"], pt["costs"], pt["snap"]
 
     def phase1(self, ctx):
         "Yield Phase-1 round events; return (bits, acc, costs, snapshot, clusters, λ)."
@@ -235,10 +234,9 @@ class SigmaQuant(Search):
             bmap, amap, aim = dict(zip(ctx.layers, clusters_to_bits(labels, k, c.bits).tolist())), None, {}
             if c.abandon == "lower" and (ctx.search_act or c.budget.energy_frac is not None or c.budget.latency_frac is not None):
                 bmap, amap, aim = self._aim(ctx, labels, k, lam)
-            bits, acc, costs = self._measure(ctx, bmap, c.e1, f"phase1 λ={lam:.2f}", amap)
+            bits, acc, costs, snap = self._measure(ctx, bmap, c.e1, f"phase1 λ={lam:.2f}", amap)
             close = acc >= ctx.acc_target - c.delta_acc or costs["size_frac"] <= c.budget.size_frac + c.delta_size
             d = ctx.distance(acc, costs)
-            snap = ctx.snapshot()     # before the yield: a replay names the state of *this* step
             yield ctx.step_event("phase1", r, bits, acc, costs, "phase2" if close else "next_lambda", kl=ctx.kl(bits, c.kl_norm)[1],
                                  lam=lam, clusters=labels.tolist(), centroids=cents.tolist(), sigma=raw.tolist(), sigma_n=s.tolist(), d=d, **aim)
             if best is None or d < best[0] or close:
@@ -317,8 +315,8 @@ class SigmaQuant(Search):
                 verb = "raise" if short else "lower"
             if not moves and not amoves: reason = "no layer can move further"; abandoned = not fit; break
             nb, na = {**cur["bits"], **moves}, {**cur["a_bits"], **amoves}
-            nb, acc, costs = self._measure(ctx, nb, c.e2, f"phase2 step {step}", na)
-            cur = dict(bits=nb, a_bits=na, acc=acc, costs=costs, snap=ctx.snapshot())
+            nb, acc, costs, snap = self._measure(ctx, nb, c.e2, f"phase2 step {step}", na)
+            cur = dict(bits=nb, a_bits=na, acc=acc, costs=costs, snap=snap)
             d = ctx.distance(acc, costs)
             if ctx.meets(acc, costs) and (feasible is None or acc > feasible["acc"]): feasible = cur
             if not ctx.over(costs) and (fitting is None or acc > fitting["acc"]): fitting = cur

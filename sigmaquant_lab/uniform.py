@@ -1,4 +1,4 @@
-"""Uniform W2/W3/W4/W6/W8 (with A8, or W/A-uniform), a random bit map at equal size, and the helpers every baseline shares (METHOD §5).
+"""Uniform W2/W3/W4/W6/W8 (with A8, W/A-uniform, or the widest W/A pair within the budgets) and a random bit map within the budgets (METHOD §5).
 
 Docs: https://example.invalid/sigmaquant-lab/docs/uniform.html.md"""
 
@@ -13,76 +13,11 @@ import numpy as np
 from .core import SQError, check_bits
 from .quant import get_act_bits
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy, search
+# the helpers every strategy shares live in search; imported here too, where earlier code found them
+from .search import qat_cycles, search_epochs, map_costs, over_budget, train_map, point_choice, _count
 
 # %% auto #0
-__all__ = ['qat_cycles', 'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'UniformConfig', 'Uniform',
-           'random_bit_map', 'random_map', 'RandomConfig', 'RandomMap', 'run_seeds', 'seed_summary']
-
-# %% ../nbs/10a_uniform.ipynb #9362ca73
-def _count(name, v, lo=0):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise SQError(f"{name}={v!r} is not an integer >= {lo}", f"set {name} to an integer >= {lo}")
-    return v
-
-def qat_cycles(epochs:int, # Total QAT epochs
-               cycle_epochs:int=0 # Epochs per cycle; 0 = one cycle
-              ) -> list[int]:
-    "Epochs of each QAT cycle (one step each)."
-    _count("epochs", epochs); _count("cycle_epochs", cycle_epochs)
-    if epochs == 0: return [0]
-    if cycle_epochs == 0 or cycle_epochs >= epochs: return [epochs]
-    return [cycle_epochs] * (epochs // cycle_epochs) + ([epochs % cycle_epochs] if epochs % cycle_epochs else [])
-
-def search_epochs(result) -> int:
-    "QAT epochs a finished search spent after its INT8 reference: the `epochs` to give a baseline for the same budget."
-    return int(result.epochs - result.reference["epochs"])
-
-# %% ../nbs/10a_uniform.ipynb #9907e37a
-def map_costs(ctx, # SearchContext
-              bits:dict, # {layer: w_bits}
-              a_bits:dict|None=None, # {layer: a_bits} (default: the model's current activation widths)
-             ) -> dict:
-    "Size, BOPs, energy and latency of any bit map as fractions of INT8 (hardware model only; replay-safe)."
-    return ctx.predict(bits, a_bits)
-
-def over_budget(ctx, bits:dict, a_bits:dict|None=None) -> dict:
-    "Cost budgets (size, energy, latency, BOPs) `bits` would exceed, with the excess."
-    b = ctx.cfg.budget
-    size = float((ctx.params * np.array([bits[n] for n in ctx.layers])).sum() / 8 / ctx.params.sum())
-    if b.energy_frac is None and b.latency_frac is None and b.bops_frac is None:   # size only: skip the hardware model
-        return {"size_frac": size - b.size_frac} if size > b.size_frac + 1e-9 else {}
-    return ctx.over({**map_costs(ctx, bits, a_bits), "size_frac": size})
-
-# %% ../nbs/10a_uniform.ipynb #c6a50f68
-def train_map(ctx, # SearchContext
-              bits:dict, # Bit map to train
-              epochs:int, # Total QAT epochs
-              cycle_epochs:int=0, # Epochs per cycle (one step each); 0 = one cycle
-              phase:str="qat", # Phase name of the steps
-              decision:str="qat", # Decision text of the steps
-              a_bits:dict|None=None, # Activation widths (None: leave them)
-              **extra): # Extra facts for every step
-    "Apply `bits`, QAT it cycle by cycle (yielding a `StepFinished` each); return the best point."
-    bits = ctx.apply(bits, a_bits); best = None
-    for i, e in enumerate(qat_cycles(epochs, cycle_epochs)):
-        ctx.qat(e, f"{phase} {i}")
-        acc, costs = ctx.evaluate(), ctx.costs(bits)
-        snap = ctx.snapshot()      # before the yield: while replaying, it names this step's saved state
-        pt = dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
-        if best is None or acc > best["acc"]: best = pt
-        yield ctx.step_event(phase, i, bits, acc, costs, decision, kl=ctx.kl(bits)[1], **extra)
-    return best
-
-def point_choice(ctx, # SearchContext
-                 pt:dict, # A point: bits, acc, costs, snap
-                 what:str="the bit map", # How the reason names it
-                 **extra) -> Choice:
-    "The `Choice` for one measured point: OK, INFEASIBLE (a cost budget is broken) or BEST_EFFORT (accuracy short)."
-    over = ctx.over(pt["costs"])
-    if ctx.meets(pt["acc"], pt["costs"]): st, why = "OK", "targets met"
-    elif over: st, why = "INFEASIBLE", f"{what} exceeds the {', '.join(over)} budget"
-    else: st, why = "BEST_EFFORT", f"{what} is {100*(ctx.acc_target - pt['acc']):.2f} pt short of the accuracy target"
-    return Choice(st, pt["bits"], pt["snap"]["state"], why, extra, pt.get("a_bits"))
+__all__ = ['UniformConfig', 'Uniform', 'random_bit_map', 'random_map', 'RandomConfig', 'RandomMap', 'run_seeds', 'seed_summary']
 
 # %% ../nbs/10a_uniform.ipynb #ef35500d
 @dataclass(frozen=True)
