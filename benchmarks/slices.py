@@ -33,7 +33,7 @@ from sigmaquant_lab.core import SQError, Budget, load_settings, resolve_device, 
 from sigmaquant_lab.data import get_data
 from sigmaquant_lab.models import get_model
 from sigmaquant_lab.quant import QuantConfig, quantize_
-from sigmaquant_lab.search import search, config_class_for
+from sigmaquant_lab.search import search, config_class_for, search_epochs
 from sigmaquant_lab.train import TrainConfig, train_, evaluate
 from sigmaquant_lab.uniform import UniformConfig
 import sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp   # register the peers
@@ -70,11 +70,6 @@ class Item:
         "QAT epochs after the INT8 reference this item is planned to spend (SigmaQuant: Phase 1 plus a few steps)."
         if self.method == "sigmaquant": return q["e1"] * q["rounds1"] + q["e2"] * min(q["max_steps"], 3)
         return q["epochs"]
-
-
-def search_epochs(r:dict) -> int:
-    "QAT epochs a finished run (its result.json) spent after its INT8 reference."
-    return int(r["epochs"] - r["reference"]["epochs"])
 
 
 def budget_tag(kind, v): return f"{'sz' if kind == 'size_frac' else 'bo'}{v:g}"

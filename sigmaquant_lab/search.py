@@ -757,8 +757,9 @@ def qat_cycles(epochs:int, # Total QAT epochs
     return [cycle_epochs] * (epochs // cycle_epochs) + ([epochs % cycle_epochs] if epochs % cycle_epochs else [])
 
 def search_epochs(result) -> int:
-    "QAT epochs a finished search spent after its INT8 reference: the `epochs` to give a baseline for the same budget."
-    return int(result.epochs - result.reference["epochs"])
+    "QAT epochs a finished search (`SearchResult`, or its result.json as a dict) spent after its INT8 reference: the `epochs` to give a baseline for the same budget."
+    r = result if isinstance(result, dict) else vars(result)
+    return int(r["epochs"] - r["reference"]["epochs"])
 
 # %% ../nbs/08_search.ipynb #9907e37a
 def map_costs(ctx, # SearchContext

@@ -122,6 +122,10 @@ def _pred_maps(ctx, cands):
     "Predicted INT8 fractions of candidate maps, each a (bits, a_bits) pair: {metric: array}."
     return ctx.predict_batch(cands) if cands else {}
 
+def _correction(measured:dict, predicted:dict) -> dict:
+    "Per budgeted metric, measured/predicted on the current map: corrects the cost model's dense cycle estimate."
+    return {k: (measured[k] / predicted[k] if measured.get(k) and predicted.get(k) else 1.0) for k in _PRIORITY}
+
 def fit_moves(ctx, # SearchContext
               bits:dict, a_bits:dict, # The current map
               measured:dict, # Its measured costs (calibrate the dense cost model's prediction)
@@ -131,8 +135,7 @@ def fit_moves(ctx, # SearchContext
     b, a, lim = dict(bits), dict(a_bits), ctx.cfg.budget
     col = {x: i for i, x in enumerate(ctx.cfg.bits)}
     cur = ctx.predict(b, a)
-    # measured/predicted per metric: the cost model's dense cycle estimate, corrected by what was measured on this map
-    corr = {k: (measured[k] / cur[k] if measured.get(k) and cur.get(k) else 1.0) for k in _PRIORITY}
+    corr = _correction(measured, cur)
     for _ in range(16 * len(ctx.layers)):
         over = {k: cur[k] * corr[k] - getattr(lim, k) for k in _PRIORITY if getattr(lim, k) is not None and cur[k] * corr[k] > getattr(lim, k) + 1e-9}
         if not over: break
@@ -159,8 +162,7 @@ def raise_moves(ctx, bits:dict, a_bits:dict, measured:dict, kl_w_cur, kl_a_cur, 
                 frozen_w=(), frozen_a=()) -> tuple[dict, dict]:
     "Up to `n` one-step raises, highest KL first, each kept only while the predicted costs stay within every budget."
     b, a, lim = dict(bits), dict(a_bits), ctx.cfg.budget
-    cur = ctx.predict(b, a)
-    corr = {k: (measured[k] / cur[k] if measured.get(k) and cur.get(k) else 1.0) for k in _PRIORITY}
+    corr = _correction(measured, ctx.predict(b, a))
     opts = [(float(kl_w_cur[i]), "w", nm) for i, nm in enumerate(ctx.layers) if nm not in frozen_w and b[nm] < max(ctx.cfg.bits)]
     if ctx.search_act:
         opts += [(float(kl_a_cur[i]), "a", nm) for i, nm in enumerate(ctx.layers) if nm not in frozen_a and a[nm] < max(ctx.act_candidates)]

@@ -47,7 +47,7 @@ def test_tiny_plan_killed_midway_finishes_without_redoing_runs(tmp_path):
     for k, m in kept.items():                          # finished runs were reused, not redone
         assert (res/"runs"/k/"result.json").stat().st_mtime_ns == m and f"done {k}:" not in r.stdout
     assert not list((res/"runs").glob("*.partial"))
-    assert int(re.search(r"(\d+) already finished", r.stdout).group(1)) >= len(kept) + 1, r.stdout[:500]   # + the FP32 model
+    assert int(re.search(r"(\d+) already finished", r.stdout).group(1)) >= 3, r.stdout[:300]   # at least the two runs waited for + FP32
     # every peer got the QAT epochs of its SigmaQuant run; every record carries the protocol digest
     by = {x["key"]: x for x in idx["runs"]}
     for k, x in by.items():
