@@ -20,7 +20,7 @@ not measured yet. Data is decoded once and held on the device by the loaders; bf
     python benchmarks/pareto_cifar10.py --budget-s 540 --results slices        # on the GPU machine
     python benchmarks/pareto_cifar10.py --tiny --budget-s 600 --results /tmp/s  # the CPU twin (CI)
 """
-import hashlib, io, json, os, sys, tarfile, time
+import hashlib, io, json, os, shutil, sys, tarfile, time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -274,9 +274,15 @@ def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=s
             print(f"  stop before {it.key}: it would not finish in the time left", file=out, flush=True); break
         cfg = config_for(it, proto, st, sl, str(device))
         part = sl.runs/f"{it.key}.partial"
+        resume = part.is_dir() and (part/"config.json").exists()
+        if part.is_dir() and not resume: shutil.rmtree(part, ignore_errors=True)   # killed before its config was written: nothing to resume
         t0 = time.perf_counter()
-        res = search(model, data, cfg, out_dir=sl.runs, name=it.key, resume=part.is_dir() and (part/"config.json").exists(),
-                     meta=dict(protocol=sl.digest, item=it.key, group=it.group, model_name=proto["model"]))
+        run = lambda resume: search(model, data, cfg, out_dir=sl.runs, name=it.key, resume=resume,
+                                    meta=dict(protocol=sl.digest, item=it.key, group=it.group, model_name=proto["model"]))
+        try: res = run(resume)
+        except SQError as e:
+            if not resume or ("cannot be resumed" not in str(e) and "other settings" not in str(e)): raise
+            shutil.rmtree(part, ignore_errors=True); res = run(False)     # a half-written run that cannot continue: start it again
         ran.append(it.key)
         t.setdefault("ratios", []).append((time.perf_counter() - t0) / estimate_s(it, proto, t))
         t["scale"] = sorted(t["ratios"])[len(t["ratios"]) // 2]; atomic_write_json(tf, t)
