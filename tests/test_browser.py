@@ -44,7 +44,17 @@ def browser_env():
 def test_explorer_in_browser(browser_env, tmp_path):
     h, sync_playwright, exe = browser_env
     t_start = time.perf_counter()
-    with h.ExplorerServer(env={"OMP_NUM_THREADS": "1"}, log_path=tmp_path/"serve.log") as srv, sync_playwright() as pw:
+    # min-max steps (the paper's): with the LSQ default, digits meets this test's budgets in Phase 1, so no refinement
+    # would be left running to cancel; relative paths resolve from the settings file's folder, so the copy sits in ROOT
+    settings = ROOT/f".settings-browser-{os.getpid()}.ini"
+    settings.write_text((ROOT/"settings.ini").read_text().replace("\nquantizer = lsq\n", "\nquantizer = minmax\n"))
+    assert "quantizer = minmax" in settings.read_text()
+    try: _run_browser(h, sync_playwright, exe, tmp_path, settings, t_start)
+    finally: settings.unlink()
+
+
+def _run_browser(h, sync_playwright, exe, tmp_path, settings, t_start):
+    with h.ExplorerServer(env={"OMP_NUM_THREADS": "1", "SIGMAQUANT_SETTINGS": str(settings)}, log_path=tmp_path/"serve.log") as srv, sync_playwright() as pw:
         try:
             browser = h.launch(pw, exe)
         except Exception as e:
