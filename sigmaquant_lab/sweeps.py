@@ -19,9 +19,10 @@ from .data import get_data
 from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
-from .search import search, check_budgets, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
+from .search import search, check_floor, cost_model, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
+from .quant import quantizable_layers
 
 # %% auto #0
 __all__ = ['BASELINE_MODULES', 'PREFERRED_METHODS', 'BACKENDS', 'UNIFORM_WIDTHS', 'ROW_KEYS', 'METRICS', 'method_names',
@@ -482,9 +483,11 @@ def run_sweep(sc:SweepConfig, # The grid and what every run shares
     data, state, meta = sweep_inputs(sc, st, progress=progress)
     rows = reuse_rows(specs, out, meta)               # finished records with the same settings are reused
     probe = get_model(meta["model_name"], data.num_classes, data.in_shape, check=False)
+    layers, hws = list(quantizable_layers(probe)), {}   # one shape pass per hardware config, not per grid point
     for p in specs:                                   # a budget below the floor of the candidate set: refused up front, not run
-        if p.name in rows: continue
-        try: check_budgets(probe, data, p.cfg)
+        if p.name in rows: continue                   # (plan_sweep already ran the model-free check_reachable)
+        if p.cfg.hardware not in hws: hws[p.cfg.hardware] = cost_model(probe, data, p.cfg)
+        try: check_floor(hws[p.cfg.hardware], layers, p.cfg)
         except SQError as e: rows[p.name] = failed_row(p, f"refused before training: {e}", 0, "INFEASIBLE")
     todo = [p for p in specs if p.name not in rows]
     n, k = len(specs), len(rows)
