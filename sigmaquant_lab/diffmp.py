@@ -15,12 +15,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import SQError, check_bits
-from .quant import quant_layers, qrange
-from .train import make_optimizer, make_scheduler
+from .quant import quant_layers, qrange, get_act_bits
+from .train import make_optimizer, make_scheduler, cancel_points
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, point_choice, qat_cycles, _count
 
 # %% auto #0
-__all__ = ['round_ewgs', 'LearnedWidthQuantizer', 'round_widths', 'learned_size_frac', 'memory_penalty', 'DiffMPConfig', 'DiffMP']
+__all__ = ['round_ewgs', 'LearnedWidthQuantizer', 'LearnedWidthActQuantizer', 'round_widths', 'fit_budgets', 'learned_size_frac',
+           'learned_bops_frac', 'memory_penalty', 'DiffMPConfig', 'DiffMP']
 
 # %% ../nbs/10d_diffmp.ipynb #ad076c54
 class _EWGSRound(torch.autograd.Function):
@@ -58,6 +59,11 @@ class LearnedWidthQuantizer(nn.Module):
         lo, hi = self.log_q - math.log(_qmax(self.b_max)), self.log_q - math.log(_qmax(self.b_min))
         return torch.minimum(torch.maximum(self.log_d, lo), hi).exp(), self.log_q.exp()
 
+    @torch.no_grad()
+    def project_(self):
+        "Put the log steps back inside [b_max, b_min] after an optimizer step (so they never sit where no gradient reaches them)."
+        self.log_d.copy_(torch.minimum(torch.maximum(self.log_d, self.log_q - math.log(_qmax(self.b_max))), self.log_q - math.log(_qmax(self.b_min))))
+
     def widths(self, range_grad:bool=True) -> torch.Tensor:
         "Continuous width per output channel (`range_grad=False`: no gradient to the range)."
         d, q = self.step_range()
@@ -81,6 +87,52 @@ class LearnedWidthQuantizer(nn.Module):
         return torch.round(torch.minimum(torch.maximum(w, -q.view(sh)), q.view(sh)) / d.view(sh)).to(torch.int8), d
     def extra_repr(self): return f"learned widths in [{self.b_min}, {self.b_max}], delta={self.delta}"
 
+# %% ../nbs/10d_diffmp.ipynb #aq02
+def _uqmax(b): return qrange(int(b), False)[1]
+
+class LearnedWidthActQuantizer(nn.Module):
+    "Per-tensor activation quantizer with learned log step and log range above the calibrated floor; width b = log2(q/d + 1)."
+    def __init__(self, act:nn.Module, # The calibrated `ActQuantizer` it stands in for (sets the floor, step and range)
+                 bits:tuple=(2, 4, 6, 8), # Candidate widths: the learned width stays in [min, max]
+                 delta:float=0.0): # Gradient-scaling δ of the rounding
+        super().__init__()
+        self.cands = tuple(check_bits(bits)); self.delta = delta
+        self.b_min, self.b_max = min(self.cands), max(self.cands)
+        with torch.no_grad():
+            s, z = act.qparams(torch.zeros(1, 1, device=act.lo.device))     # the grid the layer uses now
+            s = s.detach().float().reshape(()); q = s * _uqmax(act.bits)
+        self.register_buffer("lo", (-z.float() * s).reshape(()).clone())
+        self.log_q = nn.Parameter(q.log().clone(), requires_grad=False)   # the range stays the calibrated one (ours)
+        self.log_d = nn.Parameter(s.log().clone())
+
+    def step_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        "Step d and range q, d held between the widths b_max and b_min."
+        lo, hi = self.log_q - math.log(_uqmax(self.b_max)), self.log_q - math.log(_uqmax(self.b_min))
+        return torch.minimum(torch.maximum(self.log_d, lo), hi).exp(), self.log_q.exp()
+
+    @torch.no_grad()
+    def project_(self):
+        "Put the log step back inside [b_max, b_min] after an optimizer step (so it never sits where no gradient reaches it)."
+        self.log_d.copy_(torch.minimum(torch.maximum(self.log_d, self.log_q - math.log(_uqmax(self.b_max))), self.log_q - math.log(_uqmax(self.b_min))))
+
+    def widths(self, range_grad:bool=True) -> torch.Tensor:
+        "Continuous width (`range_grad=False`: no gradient to the range)."
+        d, q = self.step_range()
+        return torch.log2((q if range_grad else q.detach()) / d + 1)
+
+    def forward(self, x):
+        d, q = self.step_range()
+        y = torch.minimum(torch.clamp_min(x - self.lo, 0), q)
+        return d * round_ewgs(y / d, self.delta) + self.lo
+
+    @property
+    def bits(self) -> int:
+        "The learned width at the nearest candidate."
+        m = float(self.widths().detach())
+        return min(self.cands, key=lambda c: (abs(c - m), c))
+    def set_bits(self, bits): pass   # widths are learned, not set
+    def extra_repr(self): return f"learned activation width in [{self.b_min}, {self.b_max}], delta={self.delta}"
+
 # %% ../nbs/10d_diffmp.ipynb #dc2b27d0
 def round_widths(learned, # Learned (mean) width per layer
                  bits:tuple, # Candidate widths
@@ -101,6 +153,37 @@ def round_widths(learned, # Learned (mean) width per layer
             i = max(can, key=lambda i: (cand[idx[i]] - learned[i], params[i], -i)); idx[i] -= 1
     return cand[idx]
 
+# %% ../nbs/10d_diffmp.ipynb #fb01
+def fit_budgets(ctx, # SearchContext (its cost model and budgets)
+                w:dict, # Weight widths per layer
+                a:dict|None, # Activation widths per layer (None: not searched)
+                learned_w:dict, # Learned (mean) weight width per layer
+                learned_a:dict|None=None # Learned activation width per layer
+               ) -> tuple[dict, dict|None]:
+    "Lower widths one candidate at a time, by the cost model, until the map is within every cost budget (or nothing can drop)."
+    wc, ac = sorted(ctx.cfg.bits), sorted(ctx.act_candidates)
+    b = ctx.cfg.budget
+    lims = {k: getattr(b, k) for k in ("size_frac", "bops_frac", "energy_frac", "latency_frac") if getattr(b, k) is not None}
+    excess = lambda c: sum(max(0.0, float(c[k]) - v) / v for k, v in lims.items())
+    a8 = {n: ctx.cfg.quant.a_bits or 8 for n in ctx.layers}
+    def moved(m):
+        k, n, v = m
+        return ({**w, n: v}, a) if k == "w" else (w, {**a, n: v})
+    while ctx.over(ctx.predict(w, a or a8)):
+        mv = [("w", n, wc[wc.index(w[n]) - 1]) for n in ctx.layers if n not in ctx.pinned and wc.index(w[n]) > 0]
+        if a is not None: mv += [("a", n, ac[ac.index(a[n]) - 1]) for n in ctx.layers[1:] if ac.index(a[n]) > 0]
+        if not mv: break
+        p = ctx.predict_batch([(x, y or a8) for x, y in map(moved, mv)])
+        e0 = excess(ctx.predict(w, a or a8))
+        def score(i):
+            k, n, v = mv[i]
+            below = max(0.0, (learned_w if k == "w" else learned_a)[n] - v)
+            return (e0 - excess({k2: p[k2][i] for k2 in lims})) * math.exp(-below)
+        best = max(range(len(mv)), key=lambda i: (score(i), -i))
+        if score(best) <= 0: break
+        w, a = moved(mv[best])
+    return w, a
+
 # %% ../nbs/10d_diffmp.ipynb #842ffe18
 def learned_size_frac(quants:dict, # {layer: LearnedWidthQuantizer}
                       fixed_bits:float, # Σ params·bits of the layers that are not learned
@@ -109,6 +192,14 @@ def learned_size_frac(quants:dict, # {layer: LearnedWidthQuantizer}
     "Weight size implied by the learned widths as a fraction of INT8 (differentiable)."
     s = sum((q.widths(range_grad=False) * q.n_per_channel).sum() for q in quants.values())   # the penalty moves steps only
     return (s + fixed_bits) / (8 * total_params)
+
+def learned_bops_frac(w_widths:list, # Per layer: learned weight width (tensor) or a fixed width
+                      a_widths:list, # Per layer: learned activation width (tensor) or a fixed width
+                      macs # MACs per layer
+                     ) -> torch.Tensor:
+    "BOPs implied by the learned widths, Σ MACs·w·a, as a fraction of INT8's 64·Σ MACs (differentiable)."
+    macs = [float(m) for m in macs]
+    return sum(m * w * a for m, w, a in zip(macs, w_widths, a_widths)) / (64 * sum(macs))
 
 def memory_penalty(size_frac:torch.Tensor, target:float, lam:float) -> torch.Tensor:
     "λ · max(0, s − s_t) / s_t."
@@ -122,8 +213,8 @@ class DiffMPConfig(SearchConfig):
     precision_epochs:int=1 # Phase 1: learn steps and ranges only (weights frozen)
     finetune_epochs:int=2 # Phase 3: fine-tune the rounded map with the shared quantizer
     cycle_epochs:int=1 # Epochs per learning cycle (one step each)
-    penalty:float=1.0 # λ of the memory penalty
-    margin:float=0.05 # Aim the penalty at size_frac·(1 − margin), so rounding has room (ours)
+    penalty:float=1.0 # λ of the cost penalties (size; BOPs under a BOPs budget)
+    margin:float=0.05 # Aim the penalties at budget·(1 − margin), so rounding has room (ours)
     quant_lr:float|None=None # Adam learning rate of the log steps and ranges (None: auto, see below; ours)
     grad_delta:float=0.1 # Gradient-scaling δ of the rounding (0: plain STE; ours)
     def __post_init__(self):
@@ -144,40 +235,59 @@ class DiffMPConfig(SearchConfig):
 # %% ../nbs/10d_diffmp.ipynb #37c9bb4a
 @register_strategy(DiffMPConfig)
 class DiffMP(Search):
-    "Learn per-channel precision with a memory penalty, round to the candidate set, fine-tune."
+    "Learn per-channel weight precision (and per-layer activation precision under a BOPs budget) with cost penalties, round to the candidate set within every budget, fine-tune."
     name = "diffmp"
     ours = ("margin", "quant_lr", "grad_delta", "log-space step/range with Adam", "EWGS-style element-wise gradient scaling",
-            "hinge memory penalty on weight size only, acting on the steps (not the ranges)", "weights frozen in phase 1", "activations at the shared quantizer",
-            "per-layer rounding: nearest candidate to the mean channel width, then lowered to the size budget")
+            "hinge penalties on weight size and (under a BOPs budget) BOPs, acting on the steps (not the ranges)", "weights frozen in phase 1",
+            "activation widths learned per tensor only under a BOPs budget, the image input kept at the reference width",
+            "per-layer rounding: nearest candidate to the mean channel width, lowered to the size budget, then by the cost model to every budget (fit_budgets)")
 
     def _install(self, ctx):
-        "Swap learned-width quantizers into every searchable layer; keep the originals."
+        "Swap learned-width quantizers into every searchable layer (inputs too under a BOPs budget); keep the originals."
         c, ql = self.cfg, quant_layers(ctx.model)
-        self.orig, self.quants = {}, {}
+        self.orig, self.quants, self.orig_a, self.aquants = {}, {}, {}, {}
         for n in ctx.layers:
             if n in ctx.pinned: continue
             m = ql[n]; self.orig[n] = m.weight_quant
             q = LearnedWidthQuantizer(m.weight, c.bits, delta=c.grad_delta).to(m.weight.device)
             q.n_per_channel = m.weight[0].numel()
             m.weight_quant = self.quants[n] = q
+        if ctx.search_act:
+            for n in ctx.layers[1:]:      # the image input keeps its width
+                m = ql[n]
+                if m.act_quant.bits is None: continue
+                self.orig_a[n] = m.act_quant
+                m.act_quant = self.aquants[n] = LearnedWidthActQuantizer(m.act_quant, ctx.act_candidates, c.grad_delta).to(m.weight.device)
         P = dict(zip(ctx.layers, ctx.params))
         self.fixed_bits = float(sum(P[n] * b for n, b in ctx.pinned.items()))
 
     def _uninstall(self, ctx):
         ql = quant_layers(ctx.model)
         for n, q in self.orig.items(): ql[n].weight_quant = q
+        for n, q in self.orig_a.items(): ql[n].act_quant = q
 
     def _widths(self, ctx):
-        "Mean, min and max learned width per layer, pins at their width (recorded for replay)."
+        "Mean, min and max learned weight width per layer (pins at their width), learned activation width per layer (recorded for replay)."
         def stats(n):
             w = self.quants[n].widths().detach()
             return [float(w.mean()), float(w.min()), float(w.max())]
-        return np.array(ctx.recorded("widths", lambda: [[float(ctx.pinned[n])]*3 if n in ctx.pinned else stats(n) for n in ctx.layers]))
+        a8 = ctx.cfg.quant.a_bits or 8
+        w = np.array(ctx.recorded("widths", lambda: [[float(ctx.pinned[n])]*3 if n in ctx.pinned else stats(n) for n in ctx.layers]))
+        a = np.array(ctx.recorded("a_widths", lambda: [float(self.aquants[n].widths().detach()) if n in self.aquants else float(a8) for n in ctx.layers]))
+        return w, a
 
-    def _rounded(self, ctx, mean):
+    def _rounded(self, ctx, mean, amean):
+        "Round the learned widths to candidates, then lower them until every cost budget holds."
         fixed = {ctx.layers.index(n): b for n, b in ctx.pinned.items()}
         r = round_widths(mean, self.cfg.bits, ctx.params, self.cfg.budget.size_frac, fixed)
-        return {n: int(b) for n, b in zip(ctx.layers, r)}
+        w = {n: int(b) for n, b in zip(ctx.layers, r)}
+        a = None
+        if ctx.search_act:
+            ac = sorted(ctx.act_candidates)
+            a = {n: (min(ac, key=lambda c: (abs(c - x), c)) if n in self.aquants else int(x)) for n, x in zip(ctx.layers, amean)}
+        b = self.cfg.budget
+        if b.bops_frac is None and b.energy_frac is None and b.latency_frac is None: return w, a
+        return fit_budgets(ctx, w, a, dict(zip(ctx.layers, mean)), dict(zip(ctx.layers, amean)))
 
     def quant_lr(self, ctx) -> float:
         "Adam step of the log parameters: given, or twice the log-step range [b_max, b_min] over the learning steps."
@@ -186,12 +296,23 @@ class DiffMP(Search):
         steps = max(1, len(ctx.loaders["train"]) * (c.precision_epochs + c.joint_epochs))
         return 2 * math.log(_qmax(max(c.bits)) / _qmax(min(c.bits))) / steps
 
+    def penalty(self, ctx) -> torch.Tensor:
+        "The cost penalties of the learned widths: size, and BOPs under a BOPs budget (each aimed at its budget · (1 − margin))."
+        c = self.cfg
+        pen = memory_penalty(learned_size_frac(self.quants, self.fixed_bits, float(ctx.params.sum())), c.budget.size_frac * (1 - c.margin), c.penalty)
+        if c.budget.bops_frac is not None:
+            a8 = float(c.quant.a_bits or 8)
+            ww = [self.quants[n].widths(range_grad=False).mean() if n in self.quants else float(ctx.pinned.get(n, 8)) for n in ctx.layers]
+            aw = [self.aquants[n].widths(range_grad=False) if n in self.aquants else a8 for n in ctx.layers]
+            pen = pen + memory_penalty(learned_bops_frac(ww, aw, ctx.macs), c.budget.bops_frac * (1 - c.margin), c.penalty)
+        return pen
+
     def _train(self, ctx, epochs, what, train_weights):
-        "Own learning loop: CE + memory penalty; Adam on log steps/ranges, the QAT recipe on the weights."
+        "Own learning loop: CE + cost penalties; Adam on log steps/ranges, the QAT recipe on the weights; cancel per batch and per layer."
         if ctx.replaying: ctx.epochs += epochs; return
         c, model, loader = self.cfg, ctx.model, ctx.loaders["train"]
-        qp = [p for q in self.quants.values() for p in (q.log_d, q.log_q)]
-        qids = {id(p) for p in qp}
+        qp = [p for q in (*self.quants.values(), *self.aquants.values()) for p in (q.log_d, q.log_q) if p.requires_grad]
+        qids = {id(p) for q in (*self.quants.values(), *self.aquants.values()) for p in (q.log_d, q.log_q)}
         wp = [p for p in model.parameters() if id(p) not in qids and p.requires_grad] if train_weights else []
         opt_q = torch.optim.Adam(qp, lr=self.quant_lr(ctx))
         tc = replace(c.train, epochs=epochs)
@@ -199,7 +320,6 @@ class DiffMP(Search):
         sched = make_scheduler(opt_w, tc, len(loader) * epochs) if wp else None
         frozen = [] if train_weights else [p for p in model.parameters() if id(p) not in qids and p.requires_grad]
         for p in frozen: p.requires_grad_(False)
-        target, P = c.budget.size_frac * (1 - c.margin), float(ctx.params.sum())
         dev = next(model.parameters()).device
         amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=c.train.bf16 and dev.type == "cuda")
         model.train(); nb = len(loader)
@@ -207,12 +327,14 @@ class DiffMP(Search):
             for ep in range(epochs):
                 for b, (xb, yb) in enumerate(loader):
                     ctx.check_cancel()
-                    with torch.autocast(**amp): ce = F.cross_entropy(model(xb), yb, label_smoothing=c.train.label_smoothing)
-                    size = learned_size_frac(self.quants, self.fixed_bits, P)
-                    loss = ce.float() + memory_penalty(size, target, c.penalty)
-                    opt_q.zero_grad(set_to_none=True)
-                    if opt_w: opt_w.zero_grad(set_to_none=True)
-                    loss.backward(); opt_q.step()
+                    with cancel_points(model, ctx.cancel):
+                        with torch.autocast(**amp): ce = F.cross_entropy(model(xb), yb, label_smoothing=c.train.label_smoothing)
+                        loss = ce.float() + self.penalty(ctx)
+                        opt_q.zero_grad(set_to_none=True)
+                        if opt_w: opt_w.zero_grad(set_to_none=True)
+                        loss.backward()
+                    opt_q.step()
+                    for q in (*self.quants.values(), *self.aquants.values()): q.project_()
                     if opt_w: opt_w.step(); sched.step()
                     if b + 1 == nb or (b + 1) % max(1, nb // 10) == 0:
                         lv = float(loss.detach())
@@ -226,24 +348,27 @@ class DiffMP(Search):
         c = self.cfg
         ctx.restore(ctx.ref_snapshot)     # start from the INT8 reference (also after a resume before the first step)
         self._install(ctx)
-        step = 0
-        for phase, total, joint in (("precision", c.precision_epochs, False), ("joint", c.joint_epochs, True)):
-            if total == 0: continue
-            yield PhaseStarted(phase, dict(epochs=total, penalty=c.penalty, target=c.budget.size_frac * (1 - c.margin)))
-            for k, e in enumerate(qat_cycles(total, c.cycle_epochs)):
-                self._train(ctx, e, f"{phase} {k}", joint)
-                acc = ctx.evaluate()
-                w = self._widths(ctx); bits = self._rounded(ctx, w[:, 0])
-                costs = ctx.costs(bits)
-                learned = float((w[:, 0] * ctx.params).sum() / 8 / ctx.params.sum())
-                yield ctx.step_event(phase, k, bits, acc, costs, "learn", learned_size_frac=learned,
-                                     widths=w[:, 0].tolist(), widths_min=w[:, 1].tolist(), widths_max=w[:, 2].tolist())
-                step += 1
-        w = self._widths(ctx) if step == 0 else w
-        bits = self._rounded(ctx, w[:, 0])
-        self._uninstall(ctx)
-        yield PhaseStarted("finetune", dict(epochs=c.finetune_epochs, bits=bits))
-        pt = ctx.measure(bits, c.finetune_epochs, "finetune")
+        step, tgt = 0, dict(size=c.budget.size_frac * (1 - c.margin))
+        if c.budget.bops_frac is not None: tgt["bops"] = c.budget.bops_frac * (1 - c.margin)
+        try:
+            for phase, total, joint in (("precision", c.precision_epochs, False), ("joint", c.joint_epochs, True)):
+                if total == 0: continue
+                yield PhaseStarted(phase, dict(epochs=total, penalty=c.penalty, target=tgt["size"], targets=tgt))
+                for k, e in enumerate(qat_cycles(total, c.cycle_epochs)):
+                    self._train(ctx, e, f"{phase} {k}", joint)
+                    acc = ctx.evaluate()
+                    w, a = self._widths(ctx); bits, a_bits = self._rounded(ctx, w[:, 0], a)
+                    costs = ctx.costs(bits, a_bits)
+                    learned = float((w[:, 0] * ctx.params).sum() / 8 / ctx.params.sum())
+                    yield ctx.step_event(phase, k, bits, acc, costs, "learn", a_bits=a_bits or get_act_bits(ctx.model), learned_size_frac=learned,
+                                         widths=w[:, 0].tolist(), widths_min=w[:, 1].tolist(), widths_max=w[:, 2].tolist(), a_widths=a.tolist())
+                    step += 1
+            if step == 0: w, a = self._widths(ctx)
+            bits, a_bits = self._rounded(ctx, w[:, 0], a)
+        finally:
+            self._uninstall(ctx)
+        yield PhaseStarted("finetune", dict(epochs=c.finetune_epochs, bits=bits, a_bits=a_bits))
+        pt = ctx.measure(bits, c.finetune_epochs, "finetune", a_bits)
         yield ctx.step_event("finetune", 0, pt["bits"], pt["acc"], pt["costs"], "rounded learned widths", kl=ctx.kl(pt["bits"])[1],
-                             widths=w[:, 0].tolist())
+                             a_bits=pt["a_bits"], widths=w[:, 0].tolist(), a_widths=a.tolist())
         return point_choice(ctx, pt, "the rounded learned map")

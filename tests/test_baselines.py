@@ -22,6 +22,8 @@ CONFIGS = {
     "hawq": HAWQConfig(budget=B, epochs=3, cycle_epochs=1, hessian_samples=64, probes=2, device="cpu"),
     # learned quantizers live in the model state: resume inside the learning phases and before the fine-tune
     "diffmp": DiffMPConfig(budget=B, epochs=5, precision_epochs=1, finetune_epochs=1, device="cpu"),
+    # under a BOPs budget the learned activation quantizers are in the model state too
+    "diffmp_bops": DiffMPConfig(budget=Budget(max_acc_drop=0.02, size_frac=1.0, bops_frac=0.12), epochs=4, precision_epochs=1, finetune_epochs=1, device="cpu"),
     "uniform": UniformConfig(budget=Budget(max_acc_drop=0.02, size_frac=0.5), w_bits=4, a_bits=6, epochs=3, cycle_epochs=1, device="cpu"),
 }
 
@@ -58,7 +60,7 @@ def cancel_after(n):
 
 
 @pytest.mark.parametrize("method,after", [("amed", 2), ("amed", 4), ("amed_full", 2), ("random", 2), ("uniform", 1),
-                                          ("hawq", 1), ("diffmp", 2), ("diffmp", 4),
+                                          ("hawq", 1), ("diffmp", 2), ("diffmp", 4), ("diffmp_bops", 2),
                                           ("uniform", 0), ("diffmp", 0)])   # cancelled before the first step
 def test_resumed_run_equals_uninterrupted(setup, tmp_path, method, after):
     model, data = setup
@@ -70,7 +72,7 @@ def test_resumed_run_equals_uninterrupted(setup, tmp_path, method, after):
     assert a.status == "CANCELLED" and (tmp_path/"a.partial").is_dir()
     r = search(model, data, cfg, out_dir=tmp_path, name="a", resume=True)
     assert (tmp_path/"a").is_dir() and not (tmp_path/"a.partial").exists()
-    assert r.bits == full.bits and r.status == full.status
+    assert r.bits == full.bits and r.a_bits == full.a_bits and r.status == full.status
     assert history(r) == history(full)
     assert (r.acc, r.test_acc, r.epochs) == (full.acc, full.test_acc, full.epochs)
 

@@ -16,6 +16,7 @@ from sigmaquant_lab.search import search, cost_model, cost_floor
 from sigmaquant_lab.sigmaquant import SigmaQuantConfig
 from sigmaquant_lab.amed import AMEDConfig
 from sigmaquant_lab.hawq import HAWQConfig
+from sigmaquant_lab.diffmp import DiffMPConfig
 from sigmaquant_lab.uniform import UniformConfig, RandomConfig, search_epochs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +43,7 @@ def floor(setup, cfg):
 
 
 @pytest.mark.parametrize("kind", ["size", "bops", "energy"])
-@pytest.mark.parametrize("method", ["sigmaquant", "uniform", "random", "amed", "hawq"])
+@pytest.mark.parametrize("method", ["sigmaquant", "uniform", "random", "amed", "hawq", "diffmp"])
 def test_returned_map_is_within_every_cost_budget(setup, kind, method):
     model, data, cfg = setup
     common = {k: getattr(cfg, k) for k in ("e1", "e2", "int8_epochs", "device", "quant")}
@@ -50,6 +51,7 @@ def test_returned_map_is_within_every_cost_budget(setup, kind, method):
     if method == "random": cfg = RandomConfig(**common, epochs=1)
     if method == "amed": cfg = AMEDConfig(**common, epochs=2, finetune_epochs=1, max_tries=50)
     if method == "hawq": cfg = HAWQConfig(**common, epochs=1, hessian_samples=64, probes=4)
+    if method == "diffmp": cfg = DiffMPConfig(**common, epochs=3, precision_epochs=1, finetune_epochs=1)
     if kind == "size": b = Budget(max_acc_drop=0.0, size_frac=0.27)
     elif kind == "bops": b = Budget(max_acc_drop=0.0, size_frac=1.0, bops_frac=0.1)
     else:
