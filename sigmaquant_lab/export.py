@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .core import SQError, atomic_write, to_jsonable
-from .quant import (QuantConfig, quantize_, set_bits_, get_bits, quant_layers, qrange, grad_scale,
+from .quant import (QuantConfig, quantize_, set_bits_, get_bits, quant_layers, tied_layers, qrange, grad_scale,
                                   weight_size_bytes)
 from .models import get_model
 
@@ -96,13 +96,14 @@ def export_packed(model:nn.Module, # Quantized model (`quantize_`, calibrated)
     model = _quantized(model, bit_map)
     ql = quant_layers(model); names = list(ql)
     common = _layer_qcfg(ql[names[0]])
-    tensors, layers, skip = {}, {}, set()
+    tensors, layers, skip, ties = {}, {}, set(), tied_layers(model)
     size = dict(weight_bytes=0, scale_bytes=0, bias_bytes=0, act_bytes=0, state_bytes=0)
     for n, m in ql.items():
         b, w = m.w_bits, m.weight.detach().cpu()
         layers[n] = dict(bits=b, shape=list(w.shape), signed=True, narrow=m.weight_quant.narrow,
-                         **{k: v for k, v in _layer_qcfg(m).items() if v != common[k]})
-        if b is None:
+                         **{k: v for k, v in _layer_qcfg(m).items() if v != common[k]}, **({"tied_to": ties[n]} if n in ties else {}))
+        if n in ties: pass          # a shared weight is stored once, under its first layer
+        elif b is None:
             tensors[f"{n}.weight"] = w.float().contiguous(); size["weight_bytes"] += 4*w.numel()
         else:
             q, s = m.int_weight()
@@ -201,7 +202,10 @@ def load_packed(path:str|Path, # File written by `export_packed`
     quantize_(model, {n: QuantConfig(w_bits=e["bits"], **{k: e.get(k, h["quant"][k]) for k in _QCFG_KEYS}) for n, e in layers.items()})
     ql, sd = quant_layers(model), {}
     for i, (n, e) in enumerate(layers.items()):
-        if e["bits"] is None:
+        if e.get("tied_to"):        # a shared weight: the first layer's tensor
+            sd[f"{n}.weight"] = sd[f"{e['tied_to']}.weight"]
+            if f"{e['tied_to']}.weight_quant.step" in sd: sd[f"{n}.weight_quant.step"] = sd[f"{e['tied_to']}.weight_quant.step"]
+        elif e["bits"] is None:
             sd[f"{n}.weight"] = t[f"{n}.weight"]
             if hasattr(ql[n].weight_quant, "step"): sd[f"{n}.weight_quant.step"] = ql[n].weight_quant.step.detach().clone()   # unused: the layer is float
         else:
@@ -355,24 +359,30 @@ def _input_shapes(model, ql, in_shape):
         model.train(was)
     return seen
 
-def _set_weight_types(mp, ql, opset):
+def _set_weight_types(mp, ql, opset, ties=None):
     "Store ≤4-bit weight initializers as INT4 / INT2; return {layer: type}."
     from onnx import helper, TensorProto
     inits = {i.name: i for i in mp.graph.initializer}
-    # the exporter shares equal initializers through Identity nodes: give every weight its own
+    ties = ties or {}
+    # the exporter shares equal initializers through Identity nodes: give every weight its own (a shared weight: below)
     for nd in [nd for nd in mp.graph.node if nd.op_type == "Identity" and nd.input[0] in inits and nd.output[0].endswith(".qweight")]:
         t = copy.deepcopy(inits[nd.input[0]]); t.name = nd.output[0]
         mp.graph.initializer.append(t); inits[t.name] = t; mp.graph.node.remove(nd)
     types = {}
     for n, m in ql.items():
         types[n] = wt = onnx_weight_type(m.w_bits, opset)
-        if wt not in ("INT2", "INT4"): continue
+        if n in ties or wt not in ("INT2", "INT4"): continue
         key, nb = f"{n}.qweight", (2 if wt == "INT2" else 4)
         if key not in inits: raise SQError(f"the exported graph has no weight initializer for layer {n}", "report this model; export with opset=20 for INT8 weights")
         q = m.int_weight()[0].cpu().to(torch.int16).numpy()
         packed = pack_bits(q & ((1 << nb) - 1), nb)          # two's complement, first element in the low bits (ONNX layout)
         mp.graph.initializer.remove(inits[key])
         mp.graph.initializer.append(helper.make_tensor(key, getattr(TensorProto, wt), q.shape, packed.tobytes(), raw=True))
+    for d, t in ties.items():     # a weight shared by several layers is stored once: the others read it through an Identity
+        key = f"{d}.qweight"
+        if key in inits: mp.graph.initializer.remove(inits[key]); del inits[key]
+        for vi in [vi for vi in mp.graph.value_info if vi.name == key]: mp.graph.value_info.remove(vi)   # its type is the first layer's
+        mp.graph.node.insert(0, helper.make_node("Identity", [f"{t}.qweight"], [key], name=f"tied/{d}"))
     return types
 
 def export_onnx(model:nn.Module, # Quantized, calibrated model
@@ -406,7 +416,7 @@ def export_onnx(model:nn.Module, # Quantized, calibrated model
     except Exception as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SQError(f"{type(model).__name__} cannot be exported to ONNX opset {opset}: {msg}", "try opset=20, or export_packed for a file without ONNX") from None
-    types = _set_weight_types(mp, ql, opset)
+    types = _set_weight_types(mp, ql, opset, tied_layers(model))
     onnx.checker.check_model(mp)
     data = mp.SerializeToString()
     path = _write(path, data)

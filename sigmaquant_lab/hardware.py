@@ -39,6 +39,7 @@ class LayerShape:
     h_out:int # Output height
     w_out:int # Output width
     calls:int=1 # Forward calls per inference (a reused module counts every call)
+    tied_to:str|None=None # An earlier layer whose weight tensor this one uses: the weight is stored once, every use computes
 
     @property
     def k(self) -> int: return self.c_in // self.groups * self.k_h * self.k_w   # K: MACs per output
@@ -73,31 +74,35 @@ def _shape_of(name, m, x, y):
     p = math.prod(x.shape[1:-1]) if x.dim() >= 2 else 1   # extra dims of a Linear input multiply P
     return LayerShape(name, "linear", m.in_features, m.out_features, 1, 1, 1, 1, p, 1, p, 1)
 
-def _costed_modules(model, filter_fn):
-    "Costed layers by name; refuse unknown modules with parameters."
-    costed, inside, unknown = {}, set(), []
+def _costed_modules(model, filter_fn, strict=True):
+    "Costed layers by name; refuse unknown modules with parameters (`strict=False`: return them too, {name: weights}, to keep in float)."
+    costed, inside, unknown, floats = {}, set(), [], {}
     for n, m in model.named_modules():
         if id(m) in inside or (filter_fn is not None and not filter_fn(n, m)): continue
         if isinstance(m, _COSTED):
             costed[n] = m
             inside.update(id(s) for s in m.modules())
         elif not isinstance(m, _FREE) and next(m.parameters(recurse=False), None) is not None:
-            unknown.append(f"{n or '(root)'} ({type(m).__name__})")
+            unknown.append(f"{n or '(root)'} ({type(m).__name__})"); floats[n] = sum(p.numel() for p in m.parameters(recurse=False))
+    if unknown and not strict: unknown = []
     if unknown:
         more = f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
         raise SQError(f"the hardware model cannot cost {len(unknown)} layer(s) with parameters: {', '.join(unknown[:6])}{more}",
-                      "only Conv2d and Linear are modelled; replace these layers or exclude them with filter_fn=lambda name, m: ...")
+                      "only Conv2d and Linear are modelled; replace these layers, exclude them with filter_fn=lambda name, m: ..., "
+                      "or keep them in float with strict=False (search: SearchConfig(strict=False), CLI: --set strict=false)")
     if not costed: raise SQError("the model has no Conv2d or Linear layer to cost", "check the model and filter_fn")
-    return costed
+    return (costed, floats) if not strict else costed
 
 # %% ../nbs/03_hardware.ipynb #a5cc5129
 def layer_shapes(model:nn.Module, # Model to trace (left on its device, train/eval flags restored)
                  input_shape:Iterable[int], # One input without the batch, e.g. (3, 224, 224)
                  filter_fn:Callable[[str, nn.Module], bool]|None=None, # (name, module) -> keep? None keeps all
+                 strict:bool=True # Refuse other modules with weights (False: leave them out, see `CostModel.float_params`)
                 ) -> list[LayerShape]:
     "Shapes of every `Conv2d`/`Linear` in forward order, from one batch-1 forward pass."
     shape = _check_input_shape(input_shape)
-    costed = _costed_modules(model, filter_fn)
+    costed = _costed_modules(model, filter_fn, strict)
+    if not strict: costed = costed[0]
     found, hooks = {}, []
     def hook(name):
         def f(m, args, out):
@@ -125,6 +130,12 @@ def layer_shapes(model:nn.Module, # Model to trace (left on its device, train/ev
     finally:
         for h in hooks: h.remove()
         for m, t in modes.items(): m.train(t)
+    first = {}
+    for n, m in costed.items():        # a weight tensor shared by several layers: tied to the first (registration order)
+        if n not in found or getattr(m, "weight", None) is None: continue
+        k = id(m.weight)
+        if k in first: found[n] = replace(found[n], tied_to=first[k])
+        else: first[k] = n
     return list(found.values())
 
 # %% ../nbs/03_hardware.ipynb #e1aa57e1
@@ -367,8 +378,10 @@ class HWCosts:
 class CostModel:
     "Per-layer arrays of one model on one `HardwareConfig`: costs any number of bit maps fast."
     def __init__(self, shapes:Iterable[LayerShape], # From `layer_shapes`, forward order
-                 hw:HardwareConfig|None=None): # Accelerator (default: `HardwareConfig()`)
+                 hw:HardwareConfig|None=None, # Accelerator (default: `HardwareConfig()`)
+                 float_layers:dict|None=None): # {name: weights} of layers kept in float (not costed; 32-bit weights in `size_bytes_full`)
         self.shapes, self.hw = list(shapes), hw if hw is not None else HardwareConfig()
+        self.float_layers = dict(float_layers or {}); self.float_params = int(sum(self.float_layers.values()))
         if not self.shapes: raise SQError("CostModel got no layer shapes", "pass layer_shapes(model, input_shape)")
         self.names = tuple(s.name for s in self.shapes)
         self.index = {n: i for i, n in enumerate(self.names)}
@@ -376,6 +389,8 @@ class CostModel:
         a = lambda f: np.array([f(s) for s in self.shapes], dtype=np.float64)
         hw, R, C, df = self.hw, self.hw.rows, self.hw.cols, self.hw.dataflow
         self.macs, self.params, self.calls = a(lambda s: s.macs), a(lambda s: s.params), a(lambda s: s.calls)
+        self.ties = {s.name: s.tied_to for s in self.shapes if s.tied_to is not None}
+        self.stored = a(lambda s: 0 if s.tied_to is not None else s.params)    # weights in storage: a shared tensor once
         c_out, g, p = a(lambda s: s.c_out), a(lambda s: s.groups), a(lambda s: s.p)
         kg = a(lambda s: s.k)
         sr, sc, t = _gemm_dims(a(lambda s: s.c_in), c_out, a(lambda s: s.k_h), a(lambda s: s.k_w), g, p, df)
@@ -396,9 +411,11 @@ class CostModel:
     def from_model(cls, model:nn.Module, # Model to trace
                    input_shape:Iterable[int], # One input without the batch, e.g. (3, 224, 224)
                    hw:HardwareConfig|None=None, # Accelerator (default: `HardwareConfig()`)
-                   filter_fn:Callable[[str, nn.Module], bool]|None=None): # (name, module) -> keep?
+                   filter_fn:Callable[[str, nn.Module], bool]|None=None, # (name, module) -> keep?
+                   strict:bool=True): # Refuse other weighted modules (False: keep them in float, see `float_layers`)
         "Trace `model` once and build its cost model."
-        return cls(layer_shapes(model, input_shape, filter_fn), hw)
+        floats = {} if strict else _costed_modules(model, filter_fn, False)[1]
+        return cls(layer_shapes(model, input_shape, filter_fn, strict), hw, floats)
 
     def __len__(self): return len(self.names)
     def __repr__(self): return f"CostModel({len(self.names)} layers, {self.macs.sum()/1e6:.2f} M MACs, {self.params.sum()/1e6:.3f} M weights; {self.hw.describe()})"
@@ -411,6 +428,11 @@ def bits_vector(self:CostModel, bits:Mapping[str, int]|int|np.ndarray, # Bit map
     "Bits per layer in forward order, validated to integers 1..8."
     L = len(self.names)
     if isinstance(bits, Mapping):
+        if self.ties and what == "weight":   # layers sharing a weight: one width, the first layer's unless given
+            for d, t in self.ties.items():
+                if d in bits and t in bits and bits[d] != bits[t]:
+                    raise SQError(f"{what} bit map gives {t} and {d}, which share one weight tensor, {bits[t]} and {bits[d]} bits", "give them one width")
+            bits = {**{d: bits[t] for d, t in self.ties.items() if t in bits}, **bits}
         extra = [k for k in bits if k not in self.index]
         if extra: raise SQError(f"{what} bit map names {len(extra)} layer(s) the model does not have: {extra[:4]}",
                                 "use the fully qualified names from layer_shapes / named_modules()")
@@ -450,7 +472,7 @@ def _eval(self:CostModel, wb, ab, cpm, int8=False):
     e_mem = sram * hw.sram_pj_per_bit + dram * hw.dram_pj_per_bit
     e_mac = self.macs * (hw.int8_mac_pj if int8 else hw.shift_fixed_pj + hw.shift_cycle_pj * cpm)
     return dict(cpm=cpm, cycles=cycles, mem_bound=mem_cycles > compute, e_mac=e_mac, e_mem=e_mem,
-                wbytes=self.params * wb / 8, act_bytes=self.acts * ab / 8)
+                wbytes=self.stored * wb / 8, act_bytes=self.acts * ab / 8)
 
 @patch
 def _make(self:CostModel, wb, ab, r, int8=False):
@@ -465,7 +487,7 @@ def _make(self:CostModel, wb, ab, r, int8=False):
         layer_weight_bytes=r["wbytes"], layer_act_bytes=r["act_bytes"], layer_cycles_per_mac=r["cpm"],
         layer_cycles=r["cycles"], layer_mem_bound=r["mem_bound"], layer_energy_mac_pj=r["e_mac"], layer_energy_mem_pj=r["e_mem"],
         layer_cycles_int8=i8["cycles"], layer_energy_pj_int8=i8["e_mac"] + i8["e_mem"],
-        size_bytes=wbytes, size_bytes_full=wbytes + self.chan_bits.sum() / 8, size_bytes_int8=float(i8["wbytes"].sum()),
+        size_bytes=wbytes, size_bytes_full=wbytes + self.chan_bits.sum() / 8 + 4 * self.float_params, size_bytes_int8=float(i8["wbytes"].sum()),
         act_bytes_peak=r["act_bytes"].max(-1),
         bops=(wb * ab * self.macs).sum(-1), cycles=cyc, latency_us=cyc / hw.clock_mhz,
         latency_us_int8=float(i8["cycles"].sum()) / hw.clock_mhz, energy_pj=(r["e_mac"] + r["e_mem"]).sum(-1),

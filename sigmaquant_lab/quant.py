@@ -20,8 +20,8 @@ from .core import SQError, check_bits
 # %% auto #0
 __all__ = ['QUANTIZERS', 'STEP_INITS', 'QUANT_CLASSES', 'UNSUPPORTED', 'round_ste', 'grad_scale', 'qrange', 'fake_quant',
            'mse_step', 'init_step', 'WeightQuantizer', 'ActQuantizer', 'QuantMixin', 'QuantConv2d', 'QuantLinear',
-           'QuantConfig', 'is_quantizable', 'quantizable_layers', 'quant_layers', 'unsupported_layers', 'quantize_',
-           'get_bits', 'get_act_bits', 'set_bits_', 'observing', 'bad_steps', 'weight_size_bytes']
+           'QuantConfig', 'is_quantizable', 'quantizable_layers', 'quant_layers', 'unsupported_layers', 'tied_layers',
+           'quantize_', 'get_bits', 'get_act_bits', 'set_bits_', 'observing', 'bad_steps', 'weight_size_bytes']
 
 # %% ../nbs/01_quant.ipynb #d408115f
 def round_ste(x:torch.Tensor) -> torch.Tensor:
@@ -315,6 +315,16 @@ def _check_names(model, names, what="bit map"):
         raise SQError(f"{what} names layer(s) {bad[:4]} that are not Conv2d/Linear layers of the model",
                       f"use names from named_modules(), e.g. {list(known)[:3]}")
 
+def tied_layers(model:nn.Module, filter_fn:Callable=is_quantizable) -> dict[str, str]:
+    "Layers whose weight is the same tensor as an earlier layer's: {layer: the first layer holding it} (one quantization unit)."
+    first, out = {}, {}
+    for n, m in quantizable_layers(model, filter_fn).items():
+        w = getattr(m, "weight", None)
+        if w is None: continue
+        if id(w) in first: out[n] = first[id(w)]
+        else: first[id(w)] = n
+    return out
+
 def quantize_(model:nn.Module, # Model to change in place
               config:QuantConfig|dict=QuantConfig(), # One config for all layers, or {name: QuantConfig | w_bits}
               filter_fn:Callable=is_quantizable, # (name, module) -> bool, used with a single config
@@ -323,18 +333,23 @@ def quantize_(model:nn.Module, # Model to change in place
     "Swap Conv2d/Linear layers of `model` for quant layers in place and return it."
     if strict and (bad := unsupported_layers(model)):
         raise SQError(f"model has layers sigmaquant-lab cannot quantize: {', '.join(bad[:5])}",
-                      "replace them with Conv2d/Linear, or pass strict=False to leave them in float")
+                      "replace them with Conv2d/Linear, or leave them in float with strict=False (search: SearchConfig(strict=False), CLI: --set strict=false)")
     if isinstance(config, dict):
         _check_names(model, config)
         cfgs = {n: (c if isinstance(c, QuantConfig) else replace(base, w_bits=c)) for n, c in config.items()}
     else: cfgs = {n: config for n in quantizable_layers(model, filter_fn)}
     if not cfgs: raise SQError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize", "pass a CNN with Conv2d/Linear layers")
-    mods = dict(model.named_modules())
+    mods, ties = dict(model.named_modules()), tied_layers(model, lambda n, m: n in cfgs)
+    for n, t in ties.items():
+        if cfgs[n].w_bits != cfgs[t].w_bits:
+            raise SQError(f"layers {t} and {n} share one weight tensor but were given {cfgs[t].w_bits} and {cfgs[n].w_bits} weight bits",
+                          "give layers that share a weight one width")
     for n, cfg in cfgs.items():
         m = mods[n]
-        if isinstance(m, QuantMixin): m._attach(cfg); continue
-        m.__class__ = QUANT_CLASSES[nn.Conv2d if isinstance(m, nn.Conv2d) else nn.Linear]
+        if not isinstance(m, QuantMixin): m.__class__ = QUANT_CLASSES[nn.Conv2d if isinstance(m, nn.Conv2d) else nn.Linear]
         m._attach(cfg)
+        # a shared weight is one unit: one quantizer (one width, one step) for every layer that uses it
+        if n in ties: m.weight_quant = mods[ties[n]].weight_quant
     return model
 
 # %% ../nbs/01_quant.ipynb #d8751b97
@@ -358,6 +373,11 @@ def set_bits_(model:nn.Module, # Quantized model (see `quantize_`)
         cs = check_bits(candidates)
         bad = {n: b for n, b in bit_map.items() if b not in cs}
         if bad: raise SQError(f"bits {bad} are outside the candidate set {set(cs)}", f"use widths from {sorted(cs)}")
+    ties = tied_layers(model, lambda n, m: n in ql)
+    for n, t in ties.items():
+        if not act and n in bit_map and t in bit_map and bit_map[n] != bit_map[t]:
+            raise SQError(f"layers {t} and {n} share one weight tensor but the bit map gives them {bit_map[t]} and {bit_map[n]} bits",
+                          "give layers that share a weight one width")
     for n, b in bit_map.items():
         m = ql[n]
         if act: m.act_quant.set_bits(b)
@@ -388,8 +408,9 @@ def weight_size_bytes(model:nn.Module, # Model (float or quantized)
                       with_scales:bool=False): # Add 32-bit per-channel scales and biases
     "Weight storage of the quantizable layers in bytes."
     bits = get_bits(model) if bit_map is None else bit_map
-    total = 0.0
+    total, ties = 0.0, tied_layers(model)
     for n, m in quantizable_layers(model).items():
+        if n in ties: continue          # a shared weight is stored once
         b = bits.get(n, 8) or 32
         total += m.weight.numel() * b / 8
         if with_scales: total += 4*m.weight.shape[0] + (4*m.bias.numel() if m.bias is not None else 0)

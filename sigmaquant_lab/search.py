@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from .core import (SQError, Cancelled, Budget, check_bits, seed_everything, resolve_device,
                                  load_settings, to_jsonable)
-from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, weight_size_bytes
+from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, tied_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
@@ -80,6 +80,7 @@ class SearchConfig:
     device:str="auto" # auto | cpu | cuda[:N]
     mac:str="shift_add" # MAC array the energy/latency budgets refer to: shift_add | int8
     hardware:HardwareConfig=HardwareConfig() # Hardware cost model constants (settings.ini [hardware])
+    strict:bool=True # Refuse models with weighted layers that cannot be quantized (False: keep them in float, 32-bit weights in the full size, outside the budgets)
     # settings.ini sections a method's own fields are read from, after its own section ([amed], [hawq], ...);
     # [search] holds SigmaQuant's Phase-1/2 keys, so only SigmaQuantConfig adds sections
     settings_sections = ()
@@ -194,7 +195,9 @@ def _state(st):
 
 def cost_model(model:nn.Module, data, cfg:SearchConfig) -> CostModel:
     "The hardware cost model of `model` on `data`'s input shape (one shape pass on a meta-device copy: no arithmetic)."
-    return CostModel.from_model(copy.deepcopy(model).to("meta"), tuple(data.in_shape), hw=cfg.hardware)
+    m = copy.deepcopy(model).to("meta"); mods = dict(m.named_modules())
+    for d, t in tied_layers(model).items(): mods[d].weight = mods[t].weight    # `.to` unties shared weights: tie them again
+    return CostModel.from_model(m, tuple(data.in_shape), hw=cfg.hardware, strict=cfg.strict)
 
 _BUDGET_FLAGS = dict(size_frac="--size-frac", bops_frac="--bops-frac", energy_frac="--energy-frac", latency_frac="--latency-frac")
 
@@ -237,9 +240,11 @@ class SearchContext:
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
         self.float_model = model
-        m = quantize_(copy.deepcopy(model).cpu(), replace(cfg.quant, w_bits=8))
+        m = quantize_(copy.deepcopy(model).cpu(), replace(cfg.quant, w_bits=8), strict=cfg.strict)
         self.model = m.to(self.device)
-        self.layers = list(quant_layers(m))
+        # one unit per weight tensor: a layer sharing an earlier layer's weight follows its width (`quant.tied_layers`)
+        self.ties = tied_layers(m)
+        self.layers = [n for n in quant_layers(m) if n not in self.ties]
         self.params = np.array([quant_layers(m)[n].weight.numel() for n in self.layers])
         self.loaders = {s: data.loader(s, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed)
                         for s in ("train", "val", "test")}
@@ -250,7 +255,8 @@ class SearchContext:
         self.pinned = self._pins()
         # one shape pass on a meta-device copy: no arithmetic, any model size
         self.hw = hw or cost_model(model, data, cfg)
-        self.macs = np.asarray(self.hw.macs, dtype=float)[[self.hw.index[n] for n in self.layers]]   # MACs per layer, layer order
+        # MACs per unit, layer order (a shared weight: every layer that uses it)
+        self.macs = np.array([sum(float(self.hw.macs[self.hw.index[k]]) for k in (n, *[d for d, t in self.ties.items() if t == n])) for n in self.layers])
 
     def _pins(self):
         p = self.cfg.pin_first_last
@@ -324,6 +330,7 @@ class SearchContext:
         for mac in MAC_TYPES:
             c = self.hw.costs(bits, a_bits=a_bits, int_weights=iw if mac == "shift_add" else None, mac=mac)
             per[mac] = dict(energy_pj=float(c.energy_pj), latency_us=float(c.latency_us), **{k: float(v) for k, v in c.vs_int8().items() if k != "size_frac"})
+        if self.hw.float_layers: out.update(float_layers=sorted(self.hw.float_layers), float_bytes=4.0 * self.hw.float_params)
         out.update(size_bytes_full=float(c.size_bytes_full), bops=float(c.bops), bops_frac=float(c.vs_int8()["bops_frac"]),
                    exact_cycles=iw is not None,
                    **{k: per[self.cfg.mac][k] for k in ("energy_frac", "latency_frac", "area_frac")}, shift_add=per["shift_add"], int8_mac=per["int8"])
@@ -346,7 +353,8 @@ class SearchContext:
         if metric == "size_frac":
             return np.array([self.params[i] * (bits[n] - new.get(n, bits[n])) / 8 / self.params.sum() for i, n in enumerate(self.layers)])
         rows = np.repeat(base[None], len(self.layers), 0)
-        for i, n in enumerate(self.layers): rows[i, self.hw.index[n]] = new.get(n, bits[n])
+        for i, n in enumerate(self.layers):
+            for k in (n, *[d for d, t in self.ties.items() if t == n]): rows[i, self.hw.index[k]] = new.get(n, bits[n])
         # the budgets' MAC type: on INT8 MACs only memory traffic changes with the weight width
         c, c0 = self.hw.costs_batch(rows, mac=self.cfg.mac), self.hw.costs(bits, mac=self.cfg.mac)
         key, ref = ("energy_pj", c0.energy_pj_int8) if metric == "energy_frac" else ("latency_us", c0.latency_us_int8)
@@ -361,7 +369,8 @@ class SearchContext:
     def kl(self, bits:dict, norm:str="kl2") -> tuple[np.ndarray, np.ndarray]:
         "KL table (layers × candidate bits) and each layer's KL at its width in `bits`."
         if self.replaying: return None, np.array(self.replay[0]["kl"])
-        _, _, t = kl_table({n: m.weight.detach().cpu() for n, m in quant_layers(self.model).items()}, self.cfg.bits, norm)
+        ql = quant_layers(self.model)
+        _, _, t = kl_table({n: ql[n].weight.detach().cpu() for n in self.layers}, self.cfg.bits, norm)
         col = {b: i for i, b in enumerate(self.cfg.bits)}
         return t, np.array([t[i, col[bits[n]]] if bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
 
@@ -561,6 +570,8 @@ class SearchResult:
                  f"status        {self.status}" + (f"  ({self.reason})" if self.reason else ""),
                  f"accuracy      val {self.acc:.2%} (INT8 {r['acc_val']:.2%}, drop {self.acc_drop*100:.2f} pt)   test {self.test_acc:.2%} (INT8 {r['acc_test']:.2%}, FP32 {r['fp32_acc_test']:.2%})",
                  f"size          {c['size_bytes']/1024:.2f} KiB = {c['size_frac']:.1%} of INT8 ({r['size_bytes']/1024:.2f} KiB), avg {c['avg_bits']:.2f} bits"]
+        if c.get("float_layers"): lines.append(f"float         {', '.join(c['float_layers'])} kept in float (strict=False): "
+                                               f"{c['float_bytes']/1024:.2f} KiB of 32-bit weights, outside the budgets and the INT8 reference")
         if "bops_frac" in c: lines.append(f"BOPs          {c['bops']/1e6:.2f} M = {c['bops_frac']:.1%} of INT8 (W·A bits × MACs)")
         if "shift_add" in c:
             for mac, lab in (("shift_add", "shift-add"), ("int8_mac", "INT8 MAC")):
@@ -702,7 +713,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     if status == "CANCELLED" and not evaluate_cancelled: acc = test_acc = float("nan")   # ... unless the caller skips it
     else: acc, test_acc = ctx.evaluate("val"), ctx.evaluate("test")
     costs = ctx.costs(choice.bits)
-    res = SearchResult(strat.name, status, dict(choice.bits), acc, test_acc, ctx.ref, costs, _layer_rows(ctx, choice.bits, choice.extra),
+    res = SearchResult(strat.name, status, get_bits(ctx.model), acc, test_acc, ctx.ref, costs, _layer_rows(ctx, choice.bits, choice.extra),
                        [e for e in ctx.events if e["event"] == "StepFinished"], time.perf_counter() - ctx.t0, ctx.epochs,
                        choice.reason, None, to_jsonable(cfg), get_act_bits(ctx.model))
     ctx.emit(RunFinished(status, res.bits, acc, test_acc, costs, res.wall_s, res.epochs, choice.reason, res.a_bits))

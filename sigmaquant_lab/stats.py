@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .core import SQError, check_bits
-from .quant import quantizable_layers, qrange
+from .quant import quantizable_layers, tied_layers, qrange
 
 # %% auto #0
 __all__ = ['SIGMA_NORMS', 'KL_NORMS', 'normalize', 'weights_of', 'layer_sigmas', 'hist_kl', 'quant_hists', 'layer_kl', 'kl_table',
@@ -29,9 +29,10 @@ def normalize(x:np.ndarray, how:str="minmax") -> np.ndarray:
     raise SQError(f"normalisation {how!r} is unknown", f"use one of {', '.join(SIGMA_NORMS)}")
 
 def weights_of(model_or_weights) -> dict[str, torch.Tensor]:
-    "`{layer: float weight}` from a model (its quantizable layers) or pass a dict through."
+    "`{layer: float weight}` from a model (its quantizable layers; a shared weight once, under its first layer) or pass a dict through."
     if isinstance(model_or_weights, nn.Module):
-        ws = {n: m.weight.detach() for n, m in quantizable_layers(model_or_weights).items()}
+        ties = tied_layers(model_or_weights)
+        ws = {n: m.weight.detach() for n, m in quantizable_layers(model_or_weights).items() if n not in ties}
     else: ws = dict(model_or_weights)
     if not ws: raise SQError("no Conv2d/Linear weights to measure", "pass a model with Conv2d or Linear layers")
     return ws
