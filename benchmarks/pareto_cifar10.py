@@ -80,7 +80,7 @@ def budget_label(tag):
 
 def train_fp32(data, model_name, r, device, cache_dir, progress=True):
     "The FP32 model of the protocol: trained once with recipe `r` and cached; returns (path, facts)."
-    key = f"bench-fp32-{data.name}-{model_name}-e{r['epochs']}-lr{r['lr']}-wd{r['weight_decay']}-{r['schedule']}-b{r['batch_size']}-s{r['seed']}.pt"
+    key = f"bench-fp32-{data.name}-{model_name}-{data.digest()}-e{r['epochs']}-lr{r['lr']}-wd{r['weight_decay']}-{r['schedule']}-b{r['batch_size']}-s{r['seed']}.pt"
     path, meta = Path(cache_dir)/key, Path(cache_dir)/(key + ".json")
     if path.exists() and meta.exists(): return path, json.loads(meta.read_text())
     dev = resolve_device(device)

@@ -167,6 +167,17 @@ def loader(self:DataBundle, split:str, # "train", "val" or "test"
     return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=seed, augment=augment,
                         mean=self.mean, std=self.std, drop_last=drop_last)
 
+# %% ../nbs/04_data.ipynb #dg01
+@patch
+def digest(self:DataBundle) -> str:
+    "Content digest of what a model trains on: the training inputs and labels, the input shape, normalisation and augmentation (the key of caches built from the data)."
+    h = hashlib.sha1()
+    for t in (self.x_train, self.y_train):
+        a = t.detach().cpu().contiguous().numpy()
+        h.update(f"{a.dtype}{a.shape}".encode()); h.update(memoryview(a).cast("B"))
+    h.update(json.dumps([list(self.in_shape), self.mean and list(self.mean), self.std and list(self.std), bool(self.augment)]).encode())
+    return h.hexdigest()[:16]
+
 # %% ../nbs/04_data.ipynb #ddf89fa4
 def _balanced_first(y:torch.Tensor, # Labels
                     n:int # How many indices to keep
@@ -439,8 +450,7 @@ def decode_imagefolder(path:str|Path, # ImageFolder tree or .zip of one
         src, root = _tree_key(layout), path
     else:
         _check_zip(path, sha256)
-        st = path.stat()
-        src = ["sha256", sha256.strip().lower()] if sha256 else ["zip", str(path.resolve()), st.st_size, st.st_mtime_ns]
+        src = ["sha256", sha256.strip().lower() if sha256 else file_sha256(path)]   # keyed by the zip's bytes, wherever it lies
         root = None
     cfile = cache_dir/f"{path.stem}-{_key(src, *opts)}.pt"
     if cfile.is_file() and (d := _load_cache(cfile)) is not None: return d

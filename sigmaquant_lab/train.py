@@ -191,8 +191,8 @@ def float_model(data, # DataBundle
         try: model.load_state_dict(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
         except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
         return model
-    shape = "x".join(str(int(d)) for d in data.in_shape)   # subsets and resized images train their own model
-    key = f"fp32-{data.name}-n{len(data.y_train)}-{shape}-{model_name}-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
+    # keyed by the data's content (`DataBundle.digest`) and the recipe: other or edited data trains its own model
+    key = f"fp32-{data.name}-{model_name}-{data.digest()}-onecycle-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
     path = Path(cache_dir)/key if cache_dir is not None else None
     if path is not None and path.exists():
         try: model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)); return model
