@@ -12,8 +12,9 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .core import SQError, load_settings, seed_everything, resolve_device, atomic_write
-from .data import get_data
+from .core import SQError, Budget, load_settings, seed_everything, resolve_device, atomic_write
+from .data import get_data, check_splits
+from .options import OPTIONS, add_options, option_values, apply_sets
 from .models import get_model, check_model_input
 from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
@@ -57,10 +58,20 @@ class ConsoleReporter:
 # %% ../nbs/15_cli.ipynb #924eb877
 def _floats(s): return None if s in (None, "") else float(s)
 
-def _data_kwargs(data_arg, quiet=False, image_size=None, sha256=None) -> dict:
-    "Keyword arguments for `get_data`; image size and checksum only reach folders and zips (digits has neither)."
-    extra = {} if str(data_arg).lower() == "digits" else {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v}
+def _data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None) -> dict:
+    "Keyword arguments for `get_data`; digits has no image size or checksum to take."
+    if str(data_arg).lower() == "digits":
+        for v, flag in ((image_size, "--image-size"), (sha256, "--sha256")):
+            if v is not None: raise SQError(f"{flag} does not apply to digits (8×8 images built into scikit-learn)", f"drop {flag}, or use --data cifar10 or a folder")
+        extra = {}
+    else: extra = {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v is not None}
+    if val_frac is not None: extra["val_frac"] = val_frac
     return dict(progress=not quiet, **extra)
+
+_DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac"]
+_BUDGET_OPTS = ["max_acc_drop", "size_frac", "energy_frac", "latency_frac", "bops_frac"]
+_SEARCH_OPTS = ["bits", "act_bits", "quantizer", "fp_epochs", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "lr", "batch_size",
+                "pin_first_last", "seed"]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sigmaquant-lab` argument parser."
@@ -72,40 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run SigmaQuant (σ clustering + KL-guided QAT refinement) against accuracy and size budgets "
                                    "relative to the INT8 model. Unset flags come from settings.ini.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = s.add_argument_group("data and model")
-    g.add_argument("--data", default="digits", help="digits | cifar10 | path to an ImageFolder folder or .zip")
-    g.add_argument("--model", default=None, help="digits_cnn | resnet20 | any torchvision classification model (default: digits_cnn for digits, else resnet20)")
-    g.add_argument("--weights", default=None, help="float state_dict to start from (default: train one for --fp-epochs, cached)")
-    g.add_argument("--image-size", type=int, default=None, help="resize ImageFolder images to this size")
-    g.add_argument("--sha256", default=None, help="expected sha256 of a --data zip")
-    g.add_argument("--limit", type=int, default=None, help="keep only this many training images (quick tries)")
-    b = s.add_argument_group("budgets (fractions of the INT8 reference)")
-    b.add_argument("--max-acc-drop", type=float, default=None, help="max accuracy drop vs INT8, 0-1 (0.01 = 1 point)")
-    b.add_argument("--size-frac", type=float, default=None, help="max weight size as a fraction of INT8")
-    b.add_argument("--energy-frac", type=_floats, default=None, help="max simulated energy as a fraction of INT8 (optional)")
-    b.add_argument("--latency-frac", type=_floats, default=None, help="max simulated latency as a fraction of INT8 (optional)")
-    b.add_argument("--bops-frac", type=_floats, default=None, help="max BOPs (w_bits·a_bits·MACs) as a fraction of INT8; searches activation bits too (optional)")
+    # flags, types, bounds and help of the shared options come from one spec (options.OPTIONS); defaults from settings.ini
+    add_options(s.add_argument_group("data and model"), _DATA_OPTS)
+    add_options(s.add_argument_group("budgets (fractions of the INT8 reference)"), _BUDGET_OPTS)
     q = s.add_argument_group("search")
     q.add_argument("--method", default="sigmaquant", choices=sorted(c.name for c in STRATEGIES.values() if c.name != "fixed"),
                    help="search method: SigmaQuant or a baseline, all measured with the same quantizer and QAT recipe")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="set any field of the method's config, e.g. --set w_bits=4 (uniform) or --set lambda_step=0.2; repeatable")
-    q.add_argument("--bits", default=None, help="candidate weight widths, e.g. 2,4,6,8")
-    q.add_argument("--act-bits", default=None, help="candidate activation widths for a BOPs search (default: --bits)")
-    q.add_argument("--quantizer", choices=["minmax", "lsq"], default=None, help="weight/activation quantizer")
-    q.add_argument("--fp-epochs", type=int, default=None, help="epochs to train the float model when no --weights")
-    q.add_argument("--int8-epochs", type=int, default=None, help="QAT epochs of the INT8 reference")
-    q.add_argument("--e1", type=int, default=None, help="QAT epochs per Phase-1 round")
-    q.add_argument("--e2", type=int, default=None, help="QAT epochs per Phase-2 step")
-    q.add_argument("--rounds1", type=int, default=None, help="max Phase-1 rounds")
-    q.add_argument("--max-steps", type=int, default=None, help="Phase-2 step cap")
-    q.add_argument("--lr", type=float, default=None, help="QAT learning rate")
-    q.add_argument("--batch-size", type=int, default=None, help="batch size")
-    q.add_argument("--pin-first-last", type=int, default=None, help="keep the first and last layer at this width")
-    q.add_argument("--seed", type=int, default=None, help="seed")
+                   help="set any field of the method's config, typed by the field: e.g. --set w_bits=4 (uniform), --set lambda_step=0.2, "
+                        "--set quant.act_percentile=99, --set strict=false (keep Conv1d and other layers it cannot quantize in float); repeatable")
+    add_options(q, _SEARCH_OPTS)
     r = s.add_argument_group("run")
-    r.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    r.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_options(r, ["device", "threads"])
     r.add_argument("--out", default="runs", help="folder for run records")
     r.add_argument("--name", default=None, help="run name (default: method-timestamp)")
     r.add_argument("--no-record", action="store_true", help="do not write a run record")
@@ -136,32 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/15_cli.ipynb #7ba393b5
-def _sets(cls, items:list) -> dict:
-    "Typed config overrides from `--set KEY=VALUE` flags."
-    from dataclasses import fields, MISSING
-    fs = {f.name: f for f in fields(cls)}
-    out = {}
-    for it in items:
-        k, eq, v = it.partition("=")
-        if not eq or k not in fs:
-            raise SQError(f"--set {it!r} does not name a field of {cls.__name__}", f"use KEY=VALUE with KEY one of {', '.join(sorted(fs))}")
-        d = fs[k].default
-        try:
-            if v.lower() in ("none", ""): out[k] = None
-            elif isinstance(d, bool): out[k] = v.lower() in ("1", "true", "yes", "on")
-            elif isinstance(d, int): out[k] = int(v)
-            elif isinstance(d, float): out[k] = float(v)
-            elif isinstance(d, tuple): out[k] = tuple(int(x) for x in v.split(","))
-            elif d is None or d is MISSING: out[k] = float(v) if "." in v else int(v) if v.lstrip("-").isdigit() else v
-            else: out[k] = v
-        except ValueError:
-            raise SQError(f"--set {it!r}: {v!r} is not a valid {type(d).__name__}", f"give {k} as a {type(d).__name__}") from None
-    return out
-
-def _bits(s):
-    try: return tuple(int(x) for x in s.split(","))
-    except ValueError: raise SQError(f"--bits {s!r} is not a comma-separated list of integers", "write e.g. --bits 2,4,6,8") from None
-
 def _resume_setup(a, st):
     "Config, data, float model and meta of an interrupted run, from its folder."
     from sigmaquant_lab.runs import RunDir
@@ -172,9 +135,11 @@ def _resume_setup(a, st):
     except Exception as e: raise SQError(f"run {a.resume} is corrupt: cannot read its config or float weights ({e.__class__.__name__})", "start a new run") from None
     from dataclasses import replace
     cfg = config_from_dict(config_class_for(conf["method"]), conf)
-    if a.device: cfg = replace(cfg, device=a.device)
+    run_opts = option_values(a, ["device", "threads"])
+    if run_opts["device"]: cfg = replace(cfg, device=run_opts["device"])
+    if run_opts["threads"]: torch.set_num_threads(run_opts["threads"])
     meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit")}
-    data = get_data(meta["data_arg"], st, **_data_kwargs(meta["data_arg"], a.quiet, meta["image_size"]))
+    data = get_data(meta["data_arg"], st, **_data_kwargs(meta["data_arg"], a.quiet, meta["image_size"], val_frac=meta.get("val_frac")))
     if meta["limit"]: data = data.subset(meta["limit"])
     model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
     return cfg, data, model, meta
@@ -184,40 +149,34 @@ def cmd_search(a, out=None) -> int:
     out = out or sys.stdout
     st = load_settings(a.settings)
     if a.resume: return _run_search(a, out, *_resume_setup(a, st))
-    if a.threads: torch.set_num_threads(a.threads)
-    seed = st.int("data", "seed") if a.seed is None else a.seed
-    device = a.device or st.str("train", "device"); resolve_device(device)
-    budget_kw = dict(max_acc_drop=a.max_acc_drop if a.max_acc_drop is not None else st.float("search", "max_acc_drop"),
-                     size_frac=a.size_frac if a.size_frac is not None else st.float("search", "size_frac"),
-                     energy_frac=a.energy_frac if a.energy_frac is not None else st.optfloat("search", "energy_frac"),
-                     latency_frac=a.latency_frac if a.latency_frac is not None else st.optfloat("search", "latency_frac"),
-                     bops_frac=a.bops_frac if a.bops_frac is not None else st.optfloat("search", "bops_frac"))
-    from sigmaquant_lab.core import Budget
-    budget = Budget(**budget_kw)
+    # every option typed and checked first (one-line errors naming the flag); unset ones take their settings.ini default
+    v = option_values(a, _DATA_OPTS + _BUDGET_OPTS + _SEARCH_OPTS + ["device", "threads"])
+    d = {k: (x if x is not None else OPTIONS[k].default(st)) for k, x in v.items()}
+    if v["threads"]: torch.set_num_threads(v["threads"])
+    resolve_device(d["device"])
+    budget = Budget(**{k: d[k] for k in _BUDGET_OPTS})
     base = config_class_for(a.method).from_settings(st)
-    from dataclasses import replace
-    over = dict(budget=budget, seed=seed, device=device, bits=_bits(a.bits) if a.bits else None, e1=a.e1, e2=a.e2,
-                act_bits=_bits(a.act_bits) if a.act_bits else None,
-                int8_epochs=a.int8_epochs, rounds1=a.rounds1, max_steps=a.max_steps, batch_size=a.batch_size,
-                pin_first_last=a.pin_first_last,
-                quant=replace(base.quant, quantizer=a.quantizer) if a.quantizer else None,
-                train=replace(base.train, lr=a.lr) if a.lr else None)
-    from dataclasses import fields as _fields
+    from dataclasses import replace, fields as _fields
+    over = dict(budget=budget, seed=d["seed"], device=d["device"], **{k: v[k] for k in ("bits", "act_bits", "e1", "e2", "int8_epochs", "rounds1",
+                                                                                          "max_steps", "batch_size", "pin_first_last")},
+                quant=replace(base.quant, quantizer=v["quantizer"]) if v["quantizer"] else None,
+                train=replace(base.train, lr=v["lr"]) if v["lr"] else None)
     names = {f.name for f in _fields(base)}
-    bad = [k for k, v in over.items() if v is not None and k not in names]
+    bad = [k for k, x in over.items() if x is not None and k not in names]
     if bad: raise SQError(f"--{bad[0].replace('_', '-')} does not apply to --method {a.method}", f"drop it, or see `--set` for {type(base).__name__}'s fields")
-    cfg = replace(base, **{k: v for k, v in over.items() if v is not None}, **_sets(type(base), a.set))
+    cfg = apply_sets(replace(base, **{k: x for k, x in over.items() if x is not None}), a.set)
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)   # fail before loading data or training anything
     if not a.no_record:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out)
-    data = get_data(a.data, st, **_data_kwargs(a.data, a.quiet, a.image_size, a.sha256))
-    if a.limit: data = data.subset(a.limit)
-    model_name = a.model or ("digits_cnn" if data.name == "digits" else "resnet20")
+    data = get_data(d["data"], st, **_data_kwargs(d["data"], a.quiet, v["image_size"], v["sha256"], v["val_frac"]))
+    if v["limit"]: data = data.subset(v["limit"])
+    check_splits(data)                              # too few images to train and judge: refused before any training
+    model_name = v["model"] or ("digits_cnn" if data.name == "digits" else "resnet20")
     check_budgets(get_model(model_name, data.num_classes, data.in_shape), data, cfg)   # a budget below the floor: refused before training
-    fp_epochs = st.int("train", "fp_epochs") if a.fp_epochs is None else a.fp_epochs
-    model = float_model(data, model_name, weights=a.weights, epochs=fp_epochs, lr=st.float("train", "fp_lr"),
-                        batch_size=cfg.batch_size, seed=seed, device=device, cache_dir=st.path_("data", "cache"), progress=not a.quiet)
-    return _run_search(a, out, cfg, data, model, dict(model_name=model_name, data_arg=a.data, image_size=a.image_size, limit=a.limit))
+    model = float_model(data, model_name, weights=v["weights"], epochs=d["fp_epochs"], lr=st.float("train", "fp_lr"),
+                        batch_size=cfg.batch_size, seed=d["seed"], device=d["device"], cache_dir=st.path_("data", "cache"), progress=not a.quiet)
+    return _run_search(a, out, cfg, data, model, dict(model_name=model_name, data_arg=d["data"], image_size=v["image_size"], limit=v["limit"],
+                                                      val_frac=v["val_frac"]))
 
 def _run_search(a, out, cfg, data, model, meta) -> int:
     stop = threading.Event()

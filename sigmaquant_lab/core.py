@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #7ed56086
 from __future__ import annotations
-import configparser, json, os, random, tempfile
+import configparser, json, os, random, sys, tempfile
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['DEFAULT_SETTINGS', 'BitMap', 'SQError', 'Cancelled', 'find_settings', 'Settings', 'load_settings', 'check_bits',
+__all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'load_settings', 'check_bits',
            'Budget', 'seed_everything', 'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
@@ -45,14 +45,24 @@ def find_settings(path:str|Path|None=None # Explicit settings.ini path
         if p.is_file() and "[search]" in p.read_text(): return p
     return None
 
+# %% ../nbs/00_core.ipynb #4625c349
+def shipped_settings() -> Path|None:
+    "The settings.ini shipped with the lab: the checkout's, or the copy a wheel installs under <prefix>/share/sigmaquant-lab."
+    import sigmaquant_lab     # where the package lies (also when this runs in a notebook)
+    root = Path(sigmaquant_lab.__file__).resolve().parent.parent
+    for p in (root/"settings.ini", Path(sys.prefix)/"share"/"sigmaquant-lab"/"settings.ini"):
+        if p.is_file() and "[search]" in p.read_text(): return p
+    return None
+
 # %% ../nbs/00_core.ipynb #8dae75c2
 class Settings:
-    "Typed, validated view of settings.ini; a missing file means built-in defaults."
+    "Typed, validated view of settings.ini, on top of the shipped one (`shipped_settings`): its defaults fill what a user's file leaves out."
     def __init__(self, path:str|Path|None=None, # settings.ini to read (default: `find_settings()`)
                  overrides:dict|None=None): # {"section.key": value} overrides, e.g. from CLI flags
         self.path = find_settings(path)
         self.cp = configparser.ConfigParser(interpolation=None)
-        self.cp.read_dict(DEFAULT_SETTINGS)
+        self.defaults = shipped_settings()
+        if self.defaults is not None: self.cp.read(self.defaults)
         if self.path is not None:
             try: self.cp.read(self.path)
             except configparser.Error as e:
@@ -63,7 +73,7 @@ class Settings:
             self.cp.set(sec, key, "" if v is None else str(v))
 
     def _bad(self, sec, key, raw, want):
-        where = self.path or "built-in defaults"
+        where = self.path or self.defaults or "no settings file"
         return SQError(f"settings value [{sec}] {key} = {raw!r} in {where} is not {want}",
                        f"set {key} to {want} in [{sec}] of settings.ini")
 
@@ -105,22 +115,6 @@ class Settings:
 def load_settings(path=None, overrides=None) -> Settings:
     "Read the lab's settings.ini (see `Settings`)."
     return Settings(path, overrides)
-
-# %% ../nbs/00_core.ipynb #4625c349
-DEFAULT_SETTINGS = {
-    "data": dict(root="data", extra_roots="", cache=".cache/sigmaquant-lab", cifar10_zip="cifar10-jpg.zip",
-                 cifar10_sha256="d259035398b7bd0f2474baaa2a5fdd7119118bc52b30759b4892573c3d597412",
-                 val_frac="0.2", batch_size="128", seed="0"),
-    "search": dict(bits="2,4,6,8", act_bits="", max_acc_drop="0.01", size_frac="0.35", energy_frac="", latency_frac="", bops_frac="", mac="shift_add",
-                   clusters="4", lambda0="0.0", lambda_step="0.1", rounds1="3", sigma_norm="minmax",
-                   delta_acc="0.01", delta_size="0.05", kl_norm="kl2", bit_step="2", layers_per_step="2",
-                   patience="3", max_steps="40"),
-    "quant": dict(quantizer="lsq", step_init="mse", narrow_range="true", a_bits="8", act_percentile="99.9", pin_first_last=""),
-    "train": dict(fp_epochs="15", int8_epochs="1", e1="4", e2="2", optimizer="sgd", lr="0.02", fp_lr="0.05",
-                  momentum="0.9", weight_decay="0.0001", schedule="onecycle", label_smoothing="0.1", calib_batches="8", device="auto"),
-    "hardware": dict(node="TSMC 28 nm, 0.9 V", clock_mhz="600"),
-    "explorer": dict(host="127.0.0.1", port="5006"),
-}
 
 # %% ../nbs/00_core.ipynb #bb64c7d2
 BitMap = dict  # {layer_name: w_bits}

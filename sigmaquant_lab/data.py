@@ -19,9 +19,9 @@ from tqdm import tqdm
 from .core import SQError, load_settings, resolve_device
 
 # %% auto #0
-__all__ = ['CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'stratified_split', 'channel_stats', 'load_digits_bundle',
-           'file_sha256', 'decode_imagefolder', 'load_imagefolder_bundle', 'make_toy_imagefolder', 'zip_folder',
-           'data_roots', 'find_cifar10', 'read_cifar10_batches', 'load_cifar10', 'get_data']
+__all__ = ['CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'check_splits', 'stratified_split', 'channel_stats',
+           'load_digits_bundle', 'file_sha256', 'decode_imagefolder', 'load_imagefolder_bundle', 'make_toy_imagefolder',
+           'zip_folder', 'data_roots', 'find_cifar10', 'read_cifar10_batches', 'load_cifar10', 'get_data']
 
 # %% ../nbs/04_data.ipynb #4d46d61e
 def _augment(x:torch.Tensor, # Float batch (B, C, H, W)
@@ -207,6 +207,22 @@ def subset(self:DataBundle, n_train:int, # Training samples to keep
         parts[f"x_{s}"], parts[f"y_{s}"] = x[idx], y[idx]
     return DataBundle(self.name, **parts, num_classes=self.num_classes, in_shape=self.in_shape, classes=list(self.classes),
                       augment=self.augment, mean=self.mean, std=self.std)
+
+# %% ../nbs/04_data.ipynb #cs01
+def check_splits(data:DataBundle, # The bundle a search will train, validate and test on
+                 min_train:int=2, # Training images needed per class (on average)
+                 min_eval:int=1 # Validation and test images needed per class (on average)
+                ) -> DataBundle:
+    "Refuse, before any training, splits too small to train a model and judge it, with the count per split and what changes them."
+    C = data.num_classes
+    n = {s: len(data.split(s)[1]) for s in _SPLITS}
+    need = dict(train=min_train * C, val=min_eval * C, test=min_eval * C)
+    if any(n[s] < need[s] for s in _SPLITS):
+        raise SQError(f"{data.name} is too small to train and judge a model: train {n['train']}, val {n['val']}, test {n['test']} images "
+                      f"for {C} classes (need at least {need['train']} / {need['val']} / {need['test']})",
+                      "use more images (CLI: raise or drop --limit; Python: a larger subset or more images per class) "
+                      "or change the validation share (--val-frac, settings.ini [data] val_frac)")
+    return data
 
 # %% ../nbs/04_data.ipynb #f901d9a8
 def _check_split_frac(name, v):

@@ -20,6 +20,7 @@ from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, qu
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
+from .data import check_splits
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
 
 # %% auto #0
@@ -641,6 +642,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     strat.validate(model, data)
     hw = cost_model(model, data, cfg)
+    if hasattr(data, "split"): check_splits(data)             # too few images to train and judge a model
     check_floor(hw, list(quantizable_layers(model)), cfg)     # a budget no map can meet: refused before anything is trained or written
     if reference is not None and not resume and reference.key != reference_key(model, data, cfg):
         raise SQError("the INT8 reference passed to search was built for another model, data or QAT recipe",

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from .core import SQError, Budget, load_settings, to_jsonable, atomic_write, atomic_write_json
-from .data import get_data
+from .data import get_data, check_splits
 from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
 from .search import search, check_floor, cost_model, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
+from .options import OPTIONS, add_options, option_values, parse_field
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
 from .quant import quantizable_layers
@@ -446,6 +447,7 @@ def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     st = settings or load_settings(sc.settings)
     data = get_data(sc.data, st, progress=progress)
     if sc.limit: data = data.subset(sc.limit)
+    check_splits(data)                  # too few images to train and judge: refused before any run
     model_name = sc.model or ("digits_cnn" if data.name == "digits" else "resnet20")
     fp_epochs = st.int("train", "fp_epochs") if sc.fp_epochs is None else sc.fp_epochs
     bs = sc.batch_size or st.int("data", "batch_size")
@@ -646,6 +648,8 @@ def _csv(kind, conv):
         return v
     return f
 
+_SWEEP_OPTS = ["data", "model", "weights", "limit", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size"]
+
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     "Add the `sweep` subcommand to a CLI's subparsers."
     s = subparsers.add_parser("sweep", help="run a grid of (method x budget x seed) searches, as Ray tasks or in-process",
@@ -658,27 +662,15 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"comma-separated methods (default: {','.join(default_methods())})")
     g.add_argument("--size-fracs", type=_csv("numbers", float), default=None, help="size budgets as fractions of INT8, e.g. 0.3,0.375,0.5")
     g.add_argument("--bops-fracs", type=_csv("numbers", float), default=None, help="BOPs budgets as fractions of INT8 (each also a grid point)")
-    g.add_argument("--max-acc-drop", type=float, default=None, help="max accuracy drop vs INT8 for every budget, 0-1")
-    g.add_argument("--energy-frac", type=float, default=None, help="max simulated energy for every budget, fraction of INT8")
+    # the options it shares with `search` come from one spec (options.OPTIONS): same flags, bounds and help
+    add_options(g, ["max_acc_drop", "energy_frac"])
     g.add_argument("--seeds", type=_csv("integers", int), default=(0, 1, 2), help="comma-separated seeds")
     d = s.add_argument_group("data, model and training")
-    d.add_argument("--data", default="digits", help="digits | cifar10 | path to an ImageFolder folder or .zip")
-    d.add_argument("--model", default=None, help="model name (default: digits_cnn for digits, else resnet20)")
-    d.add_argument("--weights", default=None, help="float state_dict shared by all runs (default: train one, cached)")
-    d.add_argument("--limit", type=int, default=None, help="keep only this many training images")
-    d.add_argument("--fp-epochs", type=int, default=None, help="epochs of the float model when no --weights")
-    d.add_argument("--quantizer", choices=["minmax", "lsq"], default=None, help="quantizer of every run")
-    d.add_argument("--bits", type=_csv("integers", int), default=None, help="candidate weight widths, e.g. 2,4,6,8")
-    d.add_argument("--int8-epochs", type=int, default=None, help="QAT epochs of the INT8 reference")
-    d.add_argument("--e1", type=int, default=None, help="QAT epochs per Phase-1 round (SigmaQuant)")
-    d.add_argument("--e2", type=int, default=None, help="QAT epochs per Phase-2 step (SigmaQuant)")
-    d.add_argument("--rounds1", type=int, default=None, help="max Phase-1 rounds (SigmaQuant)")
-    d.add_argument("--max-steps", type=int, default=None, help="Phase-2 step cap (SigmaQuant)")
+    add_options(d, _SWEEP_OPTS)
     d.add_argument("--epochs", type=int, default=None, help="QAT epochs of fixed-budget baselines when not matched")
     d.add_argument("--match-epochs", default="sigmaquant", help="give fixed-budget baselines the QAT epochs this method spent ('none': off)")
-    d.add_argument("--batch-size", type=int, default=None, help="batch size")
     d.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
-                   help="set any config field of one method, e.g. amed.finetune_epochs=1 (repeatable; VALUE as JSON, else text)")
+                   help="set any config field of one method, typed by the field as in `search --set`, e.g. amed.finetune_epochs=1 (repeatable)")
     r = s.add_argument_group("execution")
     r.add_argument("--backend", choices=list(BACKENDS), default="ray", help="ray: parallel Ray tasks; local: one run after another in-process")
     r.add_argument("--address", default=None, help="Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray)")
@@ -695,8 +687,9 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
 def sweep_config_from_args(a) -> SweepConfig:
     "A `SweepConfig` from parsed `sweep` flags."
     st = load_settings(getattr(a, "settings", None))
-    drop = a.max_acc_drop if a.max_acc_drop is not None else st.float("search", "max_acc_drop")
-    extra = {} if a.energy_frac is None else dict(energy_frac=a.energy_frac)
+    v = option_values(a, _SWEEP_OPTS + ["max_acc_drop", "energy_frac"])
+    drop = v["max_acc_drop"] if v["max_acc_drop"] is not None else OPTIONS["max_acc_drop"].default(st)
+    extra = {} if v["energy_frac"] is None else dict(energy_frac=v["energy_frac"])
     budgets = [dict(size_frac=f, max_acc_drop=drop, **extra) for f in (a.size_fracs or ())]
     budgets += [dict(size_frac=1.0, bops_frac=f, max_acc_drop=drop, **extra) for f in (a.bops_fracs or ())]
     if not budgets: budgets = [dict(size_frac=st.float("search", "size_frac"), max_acc_drop=drop, **extra)]
@@ -706,12 +699,13 @@ def sweep_config_from_args(a) -> SweepConfig:
         key, eq, val = item.partition("=")
         m, dot, f = key.partition(".")
         if not (eq and dot and m and f): raise SQError(f"--set {item!r} is not METHOD.FIELD=VALUE", "write e.g. --set amed.finetune_epochs=1")
-        try: v = json.loads(val)
-        except json.JSONDecodeError: v = val
-        over.setdefault(m, {})[f] = tuple(v) if isinstance(v, list) else v
-    return SweepConfig(methods=a.methods, budgets=tuple(budgets), seeds=a.seeds, data=a.data, limit=a.limit, model=a.model,
-                       weights=a.weights, fp_epochs=a.fp_epochs, quantizer=a.quantizer, bits=a.bits, int8_epochs=a.int8_epochs,
-                       e1=a.e1, e2=a.e2, rounds1=a.rounds1, max_steps=a.max_steps, epochs=a.epochs, match_epochs=match, batch_size=a.batch_size,
+        if m not in {c.name for c in STRATEGIES.values()}:
+            raise SQError(f"--set {item!r} names no method {m!r}", f"use one of {', '.join(sorted(c.name for c in STRATEGIES.values()))}")
+        over.setdefault(m, {})[f] = parse_field(config_class_for(m), f, val, f"--set {m}.")
+    return SweepConfig(methods=a.methods, budgets=tuple(budgets), seeds=a.seeds, data=v["data"] or OPTIONS["data"].default(st), limit=v["limit"],
+                       model=v["model"], weights=v["weights"], fp_epochs=v["fp_epochs"], quantizer=v["quantizer"], bits=v["bits"],
+                       int8_epochs=v["int8_epochs"], e1=v["e1"], e2=v["e2"], rounds1=v["rounds1"], max_steps=v["max_steps"], epochs=a.epochs,
+                       match_epochs=match, batch_size=v["batch_size"],
                        method_overrides=over, device=a.device, out=a.out, backend=a.backend, num_cpus=a.num_cpus, cpus_per_task=a.cpus_per_task,
                        gpus_per_task=a.gpus_per_task, retries=a.retries, settings=getattr(a, "settings", None))
 

@@ -59,14 +59,24 @@ def _fails_clearly(r, *needles):
 
 @pytest.mark.parametrize("args,needles", [
     (["--size-frac", "0.05"], ["infeasible", "--size-frac"]),
-    (["--size-frac", "1.5"], ["size_frac=1.5"]),
-    (["--max-acc-drop", "-0.1"], ["max_acc_drop"]),
-    (["--bits", "2,4,16"], ["outside 1..8"]),
+    (["--size-frac", "1.5"], ["--size-frac 1.5 is too large"]),
+    (["--max-acc-drop", "-0.1"], ["--max-acc-drop -0.1"]),
+    (["--bits", "2,4,16"], ["--bits 2,4,16 is too large"]),
     (["--bits", "two"], ["--bits"]),
     (["--model", "no_such_net"], ["no_such_net"]),
     (["--device", "cuda:0"], ["no CUDA GPU"]) if not __import__("torch").cuda.is_available() else (["--device", "tpu"], ["tpu"]),
     (["--data", "/nonexistent/imagefolder"], ["/nonexistent/imagefolder"]),
-    (["--e1", "-1"], ["e1=-1"]),
+    (["--e1", "-1"], ["--e1 -1 is too small"]),
+    # every flag validated, every message true (issue 12): 0 is refused where meaningless, splits too small before training
+    (["--limit", "0"], ["--limit 0 is too small"]),
+    (["--image-size", "0"], ["--image-size 0 is too small"]),
+    (["--image-size", "16"], ["--image-size does not apply to digits"]),
+    (["--val-frac", "0"], ["--val-frac 0 is too small"]),
+    (["--threads", "0"], ["--threads 0 is too small"]),
+    (["--fp-epochs", "0"], ["--fp-epochs 0 is too small"]),
+    (["--limit", "2"], ["too small to train and judge", "train 2, val 1, test 1", "--limit", "--val-frac"]),
+    (["--set", "e3=1"], ["--set e3=1 names no field of SigmaQuantConfig"]),
+    (["--set", "e2=two"], ["'two' is not an integer"]),
     (["--pin-first-last", "5"], ["pin_first_last=5"]),
 ])
 def test_bad_input_fails_with_one_line_and_no_run_dir(tmp_path, args, needles):
