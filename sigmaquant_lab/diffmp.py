@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from .core import SQError, check_bits
 from .quant import quant_layers, qrange, get_act_bits
-from .train import make_optimizer, make_scheduler, cancel_points
+from .train import make_optimizer, make_scheduler, cancel_points, logits
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, point_choice, qat_cycles, _count
 
 # %% auto #0
@@ -328,7 +328,7 @@ class DiffMP(Search):
                 for b, (xb, yb) in enumerate(loader):
                     ctx.check_cancel()
                     with cancel_points(model, ctx.cancel):
-                        with torch.autocast(**amp): ce = F.cross_entropy(model(xb), yb, label_smoothing=c.train.label_smoothing)
+                        with torch.autocast(**amp): ce = F.cross_entropy(logits(model(xb)), yb, label_smoothing=c.train.label_smoothing)
                         loss = ce.float() + self.penalty(ctx)
                         opt_q.zero_grad(set_to_none=True)
                         if opt_w: opt_w.zero_grad(set_to_none=True)

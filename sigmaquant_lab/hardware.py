@@ -382,6 +382,7 @@ class CostModel:
                  float_layers:dict|None=None): # {name: weights} of layers kept in float (not costed; 32-bit weights in `size_bytes_full`)
         self.shapes, self.hw = list(shapes), hw if hw is not None else HardwareConfig()
         self.float_layers = dict(float_layers or {}); self.float_params = int(sum(self.float_layers.values()))
+        self.unused:set = set()   # named layers that inference never calls (`from_model` fills it): a bit map may name them
         if not self.shapes: raise SQError("CostModel got no layer shapes", "pass layer_shapes(model, input_shape)")
         self.names = tuple(s.name for s in self.shapes)
         self.index = {n: i for i, n in enumerate(self.names)}
@@ -415,7 +416,11 @@ class CostModel:
                    strict:bool=True): # Refuse other weighted modules (False: keep them in float, see `float_layers`)
         "Trace `model` once and build its cost model."
         floats = {} if strict else _costed_modules(model, filter_fn, False)[1]
-        return cls(layer_shapes(model, input_shape, filter_fn, strict), hw, floats)
+        cm = cls(shapes := layer_shapes(model, input_shape, filter_fn, strict), hw, floats)
+        # layers the inference pass never calls (e.g. GoogLeNet's training-only auxiliary heads): no cost, widths ignored
+        costed = _costed_modules(model, filter_fn, strict)
+        cm.unused = set(costed[0] if not strict else costed) - {s.name for s in shapes}
+        return cm
 
     def __len__(self): return len(self.names)
     def __repr__(self): return f"CostModel({len(self.names)} layers, {self.macs.sum()/1e6:.2f} M MACs, {self.params.sum()/1e6:.3f} M weights; {self.hw.describe()})"
@@ -428,6 +433,7 @@ def bits_vector(self:CostModel, bits:Mapping[str, int]|int|np.ndarray, # Bit map
     "Bits per layer in forward order, validated to integers 1..8."
     L = len(self.names)
     if isinstance(bits, Mapping):
+        if self.unused: bits = {k: v for k, v in bits.items() if k not in self.unused}
         if self.ties and what == "weight":   # layers sharing a weight: one width, the first layer's unless given
             for d, t in self.ties.items():
                 if d in bits and t in bits and bits[d] != bits[t]:
@@ -514,7 +520,7 @@ def costs(self:CostModel, bits:Mapping[str, int]|int|np.ndarray, # Bit map {laye
     if int_weights is not None: nz_bits = nonzero_bits(int_weights, self.hw.shift_min_cycles)
     nz = None
     if nz_bits:
-        extra = [k for k in nz_bits if k not in self.index]
+        extra = [k for k in nz_bits if k not in self.index and k not in self.unused]
         if extra: raise SQError(f"integer weights name layer(s) the model does not have: {extra[:4]}", "key them by the names from layer_shapes")
         nz = np.fromiter((nz_bits.get(n, np.nan) for n in self.names), dtype=np.float64, count=len(self.names))
     if mac == "int8": return self._make(wb, ab, self._eval(wb, ab, np.ones_like(wb, dtype=np.float64), int8=True), int8=True)

@@ -7,6 +7,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/search.html.md"""
 # %% ../nbs/08_search.ipynb #ed47ebf8
 from __future__ import annotations
 import copy, math, random, time
+from collections import OrderedDict
 from dataclasses import dataclass, field, asdict, replace, fields
 from typing import Any, Callable, Iterator
 
@@ -26,9 +27,9 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 # %% auto #0
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
-           'StateRef', 'cost_model', 'cost_floor', 'check_floor', 'check_budgets', 'SearchContext', 'Reference',
-           'digest_state', 'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles', 'search_epochs',
-           'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
+           'StateRef', 'cpu_state', 'cost_model', 'cost_floor', 'check_floor', 'check_budgets', 'SearchContext',
+           'Reference', 'digest_state', 'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles',
+           'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -194,6 +195,13 @@ def _state(st):
     d = torch.load(st.path, map_location="cpu", weights_only=False)
     return d if st.key is None else d[st.key]
 
+def cpu_state(model:nn.Module) -> dict:
+    "A CPU copy of `model.state_dict()`, its version metadata kept (modules such as torchvision's MNASNet need it to load)."
+    sd = model.state_dict()
+    out = OrderedDict((k, v.detach().to("cpu", copy=True)) for k, v in sd.items())
+    out._metadata = getattr(sd, "_metadata", None)
+    return out
+
 def cost_model(model:nn.Module, data, cfg:SearchConfig) -> CostModel:
     "The hardware cost model of `model` on `data`'s input shape (one shape pass on a meta-device copy: no arithmetic)."
     m = copy.deepcopy(model).to("meta"); mods = dict(m.named_modules())
@@ -243,9 +251,12 @@ class SearchContext:
         self.float_model = model
         m = quantize_(copy.deepcopy(model).cpu(), replace(cfg.quant, w_bits=8), strict=cfg.strict)
         self.model = m.to(self.device)
-        # one unit per weight tensor: a layer sharing an earlier layer's weight follows its width (`quant.tied_layers`)
+        # one shape pass on a meta-device copy: no arithmetic, any model size
+        self.hw = hw or cost_model(model, data, cfg)
+        # one unit per weight tensor: a layer sharing an earlier layer's weight follows its width (`quant.tied_layers`);
+        # layers inference never calls (training-only heads) stay at 8 bits, outside the search and the budgets
         self.ties = tied_layers(m)
-        self.layers = [n for n in quant_layers(m) if n not in self.ties]
+        self.layers = [n for n in quant_layers(m) if n not in self.ties and n not in self.hw.unused]
         self.params = np.array([quant_layers(m)[n].weight.numel() for n in self.layers])
         self.loaders = {s: data.loader(s, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed)
                         for s in ("train", "val", "test")}
@@ -254,8 +265,6 @@ class SearchContext:
         self._measured:dict = {}         # `recorded` values waiting for the next StepFinished
         self.ref: dict = {}
         self.pinned = self._pins()
-        # one shape pass on a meta-device copy: no arithmetic, any model size
-        self.hw = hw or cost_model(model, data, cfg)
         # MACs per unit, layer order (a shared weight: every layer that uses it)
         self.macs = np.array([sum(float(self.hw.macs[self.hw.index[k]]) for k in (n, *[d for d, t in self.ties.items() if t == n])) for n in self.layers])
 
@@ -365,7 +374,8 @@ class SearchContext:
         "Raw and normalised σ of the current float weights, in layer order."
         if self.replaying and "sigma" in self.replay[0]["extra"]:
             x = self.replay[0]["extra"]; return np.array(x["sigma"]), np.array(x["sigma_n"])
-        _, raw, s = layer_sigmas(self.model, norm); return raw, s
+        ql = quant_layers(self.model)
+        _, raw, s = layer_sigmas({n: ql[n].weight.detach() for n in self.layers}, norm); return raw, s
 
     def kl(self, bits:dict, norm:str="kl2") -> tuple[np.ndarray, np.ndarray]:
         "KL table (layers × candidate bits) and each layer's KL at its width in `bits`."
@@ -407,8 +417,7 @@ class SearchContext:
         "Bits + a CPU copy of the model state (to roll back to)."
         if self.replaying:   # the state of the step being replayed is on disk
             return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model), state=StateRef(self.run.path/f"states/step-{self.n_steps}.pt"))
-        return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model),
-                    state={k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()})
+        return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model), state=cpu_state(self.model))
 
     def restore(self, snap:dict):
         "Go back to a snapshot."

@@ -19,7 +19,7 @@ from .data import get_data, check_splits
 from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
-from .search import search, check_floor, cost_model, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
+from .search import search, check_floor, cost_model, cpu_state, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .options import OPTIONS, add_options, option_values, parse_field
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
@@ -453,7 +453,7 @@ def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     bs = sc.batch_size or st.int("data", "batch_size")
     m = float_model(data, model_name, weights=sc.weights, epochs=fp_epochs, lr=st.float("train", "fp_lr"), batch_size=bs,
                     seed=st.int("data", "seed"), device=sc.device, cache_dir=st.path_("data", "cache"), progress=progress)
-    state = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    state = cpu_state(m)
     meta = dict(model_name=model_name, data_arg=sc.data, image_size=None, limit=sc.limit, float_sha1=_float_sha1(state))
     return replace(data), state, meta   # `replace`: a copy without cached device tensors (cheap to ship to workers)
 

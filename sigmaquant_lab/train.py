@@ -23,8 +23,8 @@ from .quant import observing, bad_steps
 from .models import get_model, check_model_input
 
 # %% auto #0
-__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'cancel_points',
-           'evaluate', 'train_', 'calibrate_', 'float_model']
+__all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'logits',
+           'cancel_points', 'evaluate', 'train_', 'calibrate_', 'float_model']
 
 # %% ../nbs/06_train.ipynb #64fc365a
 OPTIMIZERS, SCHEDULES = ("sgd", "adam"), ("cosine", "onecycle", "constant")
@@ -72,6 +72,13 @@ def make_scheduler(opt, cfg:TrainConfig, total_steps:int):
 def _device_of(model): 
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
+def logits(out) -> torch.Tensor:
+    "The main logits of a model's output: the tensor itself, `.logits` (torchvision's GoogLeNet/Inception outputs in training) or the first of a tuple."
+    if isinstance(out, torch.Tensor): return out
+    if hasattr(out, "logits"): return out.logits
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor): return out[0]
+    raise SQError(f"the model returned {type(out).__name__}, not logits", "return a (batch, classes) tensor from forward")
 
 def _check_cancel(cancel):
     if cancel is not None and cancel.is_set(): raise Cancelled()
@@ -132,7 +139,7 @@ def train_(model:nn.Module, # Model to train in place (float or quantized)
                     _check_cancel(cancel)
                     xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
                     with torch.autocast(**amp):
-                        loss = F.cross_entropy(model(xb), yb, label_smoothing=cfg.label_smoothing)
+                        loss = F.cross_entropy(logits(model(xb)), yb, label_smoothing=cfg.label_smoothing)
                     opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
                     run_loss += loss.detach(); seen += 1; step += 1
                     if (b + 1) % every == 0 or b + 1 == nb:
