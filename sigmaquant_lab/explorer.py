@@ -1,4 +1,4 @@
-"""The live workbench: `ExplorerState` (inputs, status, a frozen snapshot; no Panel), `SearchWorker` (one background search thread) and `ExplorerApp` (Panel views of the state).
+"""The live workbench, headless: `Workbench`, `ExplorerState` (inputs, status, a frozen snapshot) and `SearchWorker` (one background search thread). No Panel, HoloViews or Bokeh is imported here; the views and the app are in `explorer_app`.
 
 Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
@@ -28,9 +28,9 @@ from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, change
                                   trajectory_point, MAC_LABELS)
 
 # %% auto #0
-__all__ = ['logger', 'STATUSES', 'STRUCTURE_FIELDS', 'LAYOUT', 'Workbench', 'load_workbench', 'available_datasets',
-           'WorkbenchLoaded', 'PreviewReady', 'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'preview',
-           'PausingCancel', 'SearchWorker', 'ExplorerState', 'LogLine', 'ExplorerApp', 'serve_command', 'serve']
+__all__ = ['logger', 'STATUSES', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded', 'PreviewReady',
+           'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'preview', 'PausingCancel', 'SearchWorker', 'ExplorerState',
+           'LogLine', 'serve_command']
 
 # %% ../nbs/14_explorer.ipynb #f1f81df7
 logger = logging.getLogger(__name__)
@@ -546,196 +546,6 @@ def _data_changed(self:ExplorerState, *events):
     if self.dataset == "path" and not self.data_path.strip(): self._stop_worker(); return
     self.load()
 
-# %% ../nbs/14_explorer.ipynb #beeffa23
-import html
-import panel as pn
-import holoviews as hv
-from bokeh.models import ColumnDataSource, DataTable, TableColumn
-from bokeh.core.property.vectorization import field
-
-STRUCTURE_FIELDS = dict(kl=("layers", "cand_bits", "kl"))   # a change of these rebuilds the view (default: layers)
-
-class _View:
-    "One view: rendered once by HoloViews, then updated in place from `ViewData`."
-    def __init__(self, name:str, snap:Snapshot, doc=None):
-        self.name, self.snap = name, snap
-        el = VIEWS[name](snap)
-        self.plot = hv.renderer("bokeh").get_plot(el, doc=doc)
-        self.subplots = list(self.plot.subplots.values()) if isinstance(el, hv.Overlay) else [self.plot]
-        self.plot.state.css_classes = [f"sq-view-{name}"]            # a handle for browser tests
-        self.pane = pn.pane.Bokeh(self.plot.state, sizing_mode="stretch_width", height=290)
-        self.slow, self.drawn_at = 0, time.perf_counter()   # slow: layers HoloViews had to compute (columns did not match)
-        for sp, fields in zip(self.subplots, VIEW_DATA[name](snap).fields):   # styles the columns drive, even if constant so far
-            if fields and "glyph" in sp.handles: sp.handles["glyph"].update(**{k: field(c) for k, c in fields.items()})
-
-    def structure_changed(self, snap:Snapshot) -> bool:
-        "Whether `snap` needs a new plot (other layers or, for the KL view, another table)."
-        for f in STRUCTURE_FIELDS.get(self.name, ("layers",)):
-            a, b = getattr(self.snap, f), getattr(snap, f)
-            if a is not b and (isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a != b): return True
-        return False
-
-    def update(self, snap:Snapshot):
-        "Write the snapshot's `ViewData` into the Bokeh models."
-        d, els = VIEW_DATA[self.name](snap), None
-        for i, (sp, cols) in enumerate(zip(self.subplots, d.layers)):
-            if cols is None: continue                                  # a layer without a fast path only changes on rebuild
-            if set(cols) == {"location"}: sp.handles["glyph"].location = cols["location"]; continue
-            src = sp.handles.get("source")
-            if src is not None and set(cols) == set(src.data): src.data = cols; continue
-            if els is None:                                            # columns differ (another HoloViews?): let HoloViews compute them
-                el = VIEWS[self.name](snap); els = list(el) if isinstance(el, hv.Overlay) else [el]
-            src.data = sp.get_data(els[i], sp.current_ranges or {}, sp.style[sp.cyclic_index])[0]; self.slow += 1
-        fig = self.plot.state
-        if fig.title is not None and fig.title.text != d.title: fig.title.text = d.title
-        for rng, r in ((fig.x_range, d.x_range), (fig.y_range, d.y_range)):
-            if r is not None and hasattr(rng, "start"): rng.update(start=r[0], end=r[1])
-        self.snap, self.drawn_at = snap, time.perf_counter()
-
-LAYOUT = (("zone", "bits"), ("sigma", "kl"), ("energy", "latency"), ("costs", "log"))
-
-class ExplorerApp(pn.viewable.Viewer):
-    "The explorer in Panel: widgets from `ExplorerState`, views updated in place, a periodic callback draining the worker."
-    state = param.ClassSelector(class_=ExplorerState, doc="The state this app shows (a new one by default)")
-    period_ms = param.Integer(200, bounds=(20, 5000), doc="How often the worker's events are drained")
-    render_budget_s = param.Number(0.02, bounds=(0, None), doc="Redraw time per tick; views still stale are drawn on the next ticks")
-
-    def __init__(self, state:ExplorerState|None=None, # State to show (default: a new `ExplorerState()`)
-                 wait:bool=True, # Load the dataset before returning (False: in the background)
-                 **params):
-        super().__init__(state=state if state is not None else ExplorerState(), **params)
-        st, self.views, self._cb, self._deferred, self._log_shown = self.state, {}, None, False, None
-        self._log_source = ColumnDataSource({c: [] for c in LOG_COLUMNS})
-        widths = dict(t_s=45, event=90, phase=75, step=35, acc=110, size=45, energy=50, latency=50, decision=320)
-        self._log = pn.pane.Bokeh(DataTable(source=self._log_source, columns=[TableColumn(field=c, title=c, width=widths[c]) for c in LOG_COLUMNS],
-                                            index_position=None, sizing_mode="stretch_width", height=290, scroll_to_selection=True,
-                                            autosize_mode="none", css_classes=["sq-log"]), sizing_mode="stretch_width", height=290)
-        self._progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width", bar_color="primary", css_classes=["sq-progress"])
-        self._status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["sq-status"])   # HTML: no Markdown parsing per update
-        self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width", css_classes=["sq-alert"])
-        self._main = pn.Column(pn.pane.Markdown("Loading …"), sizing_mode="stretch_width")
-        self._buttons = dict(start=pn.widgets.Button(name="Start", button_type="primary", css_classes=["sq-start"]),
-                             cancel=pn.widgets.Button(name="Cancel", button_type="warning", css_classes=["sq-cancel"]),
-                             resume=pn.widgets.Button(name="Resume", button_type="default", css_classes=["sq-resume"]))
-        self._buttons["start"].on_click(lambda e: self._act(self.state.refine))
-        self._buttons["cancel"].on_click(lambda e: self._act(self.state.cancel))
-        self._buttons["resume"].on_click(lambda e: self._act(lambda: self.state.refine(resume=True)))
-        self._layout = pn.Row(self._sidebar(), self._main, sizing_mode="stretch_width")
-        st.param.watch(self._on_snapshot, "snapshot")
-        st.param.watch(self._on_status, ["status", "progress", "message"])
-        if st.snapshot is None and st.workbench is None and not st.busy(): st.load(wait=wait)
-        self.render(); self._on_status()
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            pn.state.on_session_destroyed(self._destroyed)
-        pn.state.onload(self.start)
-
-    def _sidebar(self):
-        st, w = self.state, pn.widgets
-        c = dict(sizing_mode="stretch_width")
-        return pn.Column(
-            pn.pane.Markdown("### SigmaQuant explorer\nBudgets vs INT8; a change re-clusters at once and restarts a short refinement.", **c),
-            w.Select.from_param(st.param.dataset, css_classes=["sq-dataset"], **c),
-            w.TextInput.from_param(st.param.data_path, placeholder="path/to/imagefolder or .zip", visible=st.param.dataset.rx() == "path", **c),
-            w.Select.from_param(st.param.model_name, css_classes=["sq-model"], **c),
-            w.FloatSlider.from_param(st.param.max_acc_drop, throttled=True, format="0.00%", css_classes=["sq-acc"], **c),
-            w.FloatSlider.from_param(st.param.size_frac, throttled=True, format="0%", css_classes=["sq-size"], **c),
-            w.FloatSlider.from_param(st.param.energy_frac, throttled=True, format="0.00", css_classes=["sq-energy"], **c),
-            pn.pane.Markdown("Candidate bits", margin=(0, 10)),
-            w.CheckButtonGroup.from_param(st.param.bits, css_classes=["sq-bits"], **c),
-            pn.pane.Markdown("MAC type", margin=(0, 10)),
-            w.RadioButtonGroup.from_param(st.param.mac, css_classes=["sq-mac"], **c),
-            w.FloatSlider.from_param(st.param.lam, throttled=True, css_classes=["sq-lam"], **c),
-            w.IntSlider.from_param(st.param.epochs, throttled=True, css_classes=["sq-epochs"], **c),
-            w.IntSlider.from_param(st.param.max_steps, throttled=True, **c),
-            w.Checkbox.from_param(st.param.auto_refine),
-            pn.Row(*self._buttons.values(), **c),
-            self._progress, self._status, self._alert, width=320)
-
-    # --- state → views (UI thread only) ------------------------------------------------------
-    def _build(self, snap:Snapshot):
-        "Render every view from `snap` (first snapshot, or other layers)."
-        doc = pn.state.curdoc
-        self.views = {v: _View(v, snap, doc) for v in VIEWS}
-        rows = [pn.Row(*[self._log if v == "log" else self.views[v].pane for v in row], sizing_mode="stretch_width") for row in LAYOUT]
-        self._main.objects = rows
-
-    def _act(self, f):
-        "Run a button action, then apply what it caused."
-        f(); self.tick()
-
-    def _on_snapshot(self, *_):
-        if not self._deferred: self.render()        # inside tick(): rendered once, after all events are applied
-
-    def render(self, budget_s:float|None=None):
-        "Bring the views up to the current snapshot, in place (rebuilt when their structure changed); stop after `budget_s` s."
-        new = self.state.snapshot
-        if new is None: return
-        t0 = time.perf_counter()
-        with self.state.priority(), pn.io.hold():
-            if new.log is not self._log_shown: self._show_log(new.log)
-            if not self.views or any(v.structure_changed(new) for v in self.views.values() if v.name != "kl"):
-                self._build(new)
-            else:
-                stale = [n for n, v in self.views.items() if (n == "kl" and v.structure_changed(new)) or n in changed_views(v.snap, new)]
-                for i, name in enumerate(sorted(stale, key=lambda n: self.views[n].drawn_at)):   # least recently drawn first
-                    if budget_s is not None and i and time.perf_counter() - t0 > budget_s: break   # the rest: next tick
-                    v = self.views[name]
-                    if name == "kl" and v.structure_changed(new):
-                        nv = self.views[name] = _View(name, new, pn.state.curdoc)
-                        v.pane.object = nv.plot.state; nv.pane = v.pane
-                    else: v.update(new)
-        if pn.state.curdoc is None or pn.state.curdoc.session_context is None:
-            pn.io.push_notebook(self._layout)     # a notebook: send the in-place changes through the comm
-
-    def stale(self) -> list[str]:
-        "Views not yet showing the current snapshot."
-        new = self.state.snapshot
-        return [] if new is None else [n for n, v in self.views.items() if n in changed_views(v.snap, new) or v.structure_changed(new)]
-
-    def _show_log(self, rows:tuple):
-        "New log rows are streamed into the table's source (oldest first; the last row is selected, so it scrolls into view)."
-        old, src = self._log_shown or (), self._log_source
-        n = len(old)
-        cols = lambda rs: {c: [str(r.get(c, "")) for r in rs] for c in LOG_COLUMNS}
-        if old and len(rows) >= n and rows[n - 1] is old[-1]:
-            if len(rows) > n: src.stream(cols(rows[n:]))
-        else: src.data = cols(rows)
-        if rows: src.selected.indices = [len(rows) - 1]
-        self._log_shown = rows
-
-    def _on_status(self, *_):
-        "Mirror status, progress and message in the sidebar (only what changed: each change is a message to the browser)."
-        st = self.state
-        def put(obj, **kw):
-            kw = {k: v for k, v in kw.items() if getattr(obj, k) != v}
-            if kw: obj.param.update(**kw)
-        put(self._progress, value=int(round(st.progress * 100)), active=st.status in ("loading", "cancelling"))
-        put(self._status, object=f"<p><b>{st.status}</b>" + (f" · {html.escape(st.message)}" if st.message else "") + "</p>")
-        put(self._alert, visible=st.status == "error", **({"object": st.message} if st.status == "error" else {}))
-        put(self._buttons["cancel"], disabled=st.status not in ("running", "cancelling"))
-
-    # --- periodic callback and session ---------------------------------------------------------
-    def start(self):
-        "Start draining the worker every `period_ms` (on page load; in a notebook at once)."
-        if self._cb is None: self._cb = pn.state.add_periodic_callback(self.tick, period=self.period_ms)
-
-    def tick(self):
-        "One periodic-callback step: apply what the worker reported, then redraw what changed."
-        try:
-            with self.state.priority(), pn.io.hold():    # all changes of one tick leave as one message
-                self._deferred = True
-                try: self.state.poll()
-                finally: self._deferred = False
-                self.render(self.render_budget_s)      # a slider message waits at most this long behind a tick
-        except Exception:
-            logger.exception("explorer tick failed")
-
-    def _destroyed(self, session_context):
-        self.state.close()
-        if self._cb is not None: self._cb.stop()
-
-    def __panel__(self): return self._layout
-
 # %% ../nbs/14_explorer.ipynb #34be8a4d
 def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook
                   host:str|None=None, # Address to bind (default: settings.ini [explorer] host)
@@ -746,10 +556,11 @@ def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook
     host = host or s.str("explorer", "host"); port = int(port if port is not None else s.int("explorer", "port"))
     return ["panel", "serve", str(notebook), "--address", host, "--port", str(port), "--allow-websocket-origin", f"{host}:{port}"]
 
-def serve(host:str|None=None, port:int|None=None, show:bool=False, settings=None, **kw):
-    "Serve the explorer from Python (blocking); every session gets its own `ExplorerApp`."
-    s = settings or load_settings()
-    host = host or s.str("explorer", "host"); port = int(port if port is not None else s.int("explorer", "port"))
-    pn.extension()
-    return pn.serve(lambda: ExplorerApp(wait=False), address=host, port=port, websocket_origin=[f"{host}:{port}"], show=show,
-                    title="SigmaQuant explorer", **kw)
+_APP_NAMES = ("ExplorerApp", "LAYOUT", "STRUCTURE_FIELDS", "serve", "explore")
+
+def __getattr__(name:str):
+    "The app's names, loaded (with Panel) on first access, so `from sigmaquant_lab.explorer import ExplorerApp` keeps working."
+    if name in _APP_NAMES:
+        from sigmaquant_lab import explorer_app
+        return getattr(explorer_app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

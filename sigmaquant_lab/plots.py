@@ -10,18 +10,30 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-import holoviews as hv
-import holoviews.plotting.bokeh  # registers the Bokeh options so `.opts` validates (no notebook output)
+
+class _LazyModule:
+    "A module imported on first attribute access: `Snapshot` and the view data need no HoloViews (the headless explorer imports in a fraction of the time)."
+    def __init__(self, name:str, *also:str): self._name, self._also, self._mod = name, also, None
+    def __getattr__(self, k):
+        if k.startswith("__"): raise AttributeError(k)
+        if self._mod is None:
+            import importlib
+            mod = importlib.import_module(self._name)
+            for n in self._also: importlib.import_module(n)
+            self._mod = mod
+        return getattr(self._mod, k)
+
+hv = _LazyModule("holoviews", "holoviews.plotting.bokeh")   # plotting.bokeh registers the Bokeh options so `.opts` validates
 
 from .core import SQError, Budget, check_bits
 from .hardware import CostModel, HWCosts, MAC_TYPES
 from .stats import kl_table
 
 # %% auto #0
-__all__ = ['MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'LOG_COLUMNS', 'VIEWS', 'VIEW_DATA',
-           'VIEW_FIELDS', 'Snapshot', 'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot', 'kl_data',
-           'kl_heatmap', 'bits_data', 'bits_plot', 'costs_data', 'costs_plot', 'hardware_data', 'hardware_plot',
-           'zone_bounds', 'zone_data', 'zone_plot', 'log_row', 'log_frame', 'changed_views']
+__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'LOG_COLUMNS', 'VIEWS',
+           'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot', 'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot',
+           'kl_data', 'kl_heatmap', 'bits_data', 'bits_plot', 'costs_data', 'costs_plot', 'hardware_data',
+           'hardware_plot', 'zone_bounds', 'zone_data', 'zone_plot', 'log_row', 'log_frame', 'changed_views']
 
 # %% ../nbs/13_plots.ipynb #fed32710
 MAC_LABELS = {"shift_add": "shift-add", "int8": "INT8"}

@@ -149,3 +149,13 @@ def test_explorer_notebook_in_jupyter_kernel():
     mimes = {m for o in outs for m in o.get("data", {})}
     assert mimes & {"application/vnd.holoviews_exec.v0+json", "text/html"}, mimes      # the app rendered inline
     assert any("STATUS done" in o.get("text", "") for o in outs)
+
+
+def test_headless_explorer_imports_without_ui_stack():
+    "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names still resolve from `explorer`."
+    import subprocess, sys
+    code = ("import sys, sigmaquant_lab.explorer as e; assert not {'panel','holoviews','bokeh'} & set(sys.modules), sorted(sys.modules);"
+            "from sigmaquant_lab.explorer import ExplorerState, SearchWorker, WorkbenchLoaded, serve_command;"
+            "from sigmaquant_lab.explorer import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
