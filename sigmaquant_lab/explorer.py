@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
 # %% ../nbs/14_explorer.ipynb #ff0ec809
 from __future__ import annotations
-import logging, queue, threading, time
+import copy, logging, queue, threading, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,6 +18,7 @@ from fastcore.basics import patch
 
 from .core import SQError, Budget, check_bits, load_settings
 from .data import get_data, find_cifar10
+from .dataforms import as_data, splits_note
 from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
@@ -30,7 +31,7 @@ from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, change
 # %% auto #0
 __all__ = ['logger', 'STATUSES', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded', 'PreviewReady',
            'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'preview', 'PausingCancel', 'SearchWorker', 'ExplorerState',
-           'LogLine', 'serve_command']
+           'LogLine', 'Kept', 'serve_command']
 
 # %% ../nbs/14_explorer.ipynb #f1f81df7
 logger = logging.getLogger(__name__)
@@ -52,6 +53,11 @@ class Workbench:
 
     @property
     def title(self) -> str: return f"{self.data.name} / {self.model_name}"
+
+    @property
+    def note(self) -> str:
+        "Where the data's splits come from (`dataforms.splits_note`)."
+        return splits_note(self.data)
 
     def kl(self, bits:tuple, norm:str="kl2") -> np.ndarray:
         "Normalised KL table (layers × `bits`), computed once per candidate set."
@@ -225,6 +231,7 @@ class ExplorerState(param.Parameterized):
     train_limit = param.Integer(2000, bounds=(100, None), allow_None=True, precedence=-1, doc="Training images kept for big datasets (refinements stay interactive on a CPU)")
     threads = param.Integer(1, bounds=(1, None), precedence=-1, doc="torch threads of the search worker")
     join_s = param.Number(0.0, bounds=(0, 5), precedence=-1, doc="How long `refine` waits for a cancelled worker before leaving the new run to `poll()`")
+    given = param.Boolean(False, constant=True, precedence=-1, doc="The workbench was given (`for_model`, `explore`): loading keeps it, the dataset and model inputs are ignored")
 
     status = param.Selector(default="idle", objects=list(STATUSES), constant=True)
     progress = param.Number(0.0, bounds=(0.0, 1.0), constant=True, doc="Progress of the current QAT cycle (0-1)")
@@ -387,6 +394,9 @@ def _on_RunFinished(self:ExplorerState, ev):
 def load(self:ExplorerState, wait:bool=False):
     "Load the selected dataset and model: now (`wait`) or in a background thread whose result `poll()` applies."
     self._stop_worker()
+    if self.given:                               # your own model and data: never silently replaced
+        if self.workbench is not None: self.apply(WorkbenchLoaded(self.workbench))
+        return
     name = self.data_path.strip() if self.dataset == "path" else self.dataset
     if not name:
         self.apply(Notice("error", "no dataset path given -- fix: type the path of an ImageFolder folder or a .zip of one")); return
@@ -541,10 +551,107 @@ def _mac_changed(self:ExplorerState, *_):
 
 @patch
 def _data_changed(self:ExplorerState, *events):
+    if self.given: return                        # a given workbench: the pickers are not shown and changes are ignored
     if any(e.name == "dataset" for e in events) and self.dataset != "path":
         with param.discard_events(self): self.model_name = "digits_cnn" if self.dataset == "digits" else "resnet20"
     if self.dataset == "path" and not self.data_path.strip(): self._stop_worker(); return
     self.load()
+
+# %% ../nbs/14_explorer.ipynb #e13a0011
+@patch(cls_method=True)
+def for_model(cls:ExplorerState, model, # Your trained float model (any nn.Module with Conv2d/Linear layers; not changed)
+              data, # Anything `as_data` takes: DataBundle, Dataset, DataLoader, (x, y)
+              name:str|None=None, # Model name for labels (default: its class name)
+              settings=None, # `Settings` (default: `load_settings()`)
+              **params # Inputs: budgets (max_acc_drop, size_frac, energy_frac), bits, mac, lam, epochs, ...
+             ) -> ExplorerState:
+    "A state on your own model and data (the dataset/model inputs are off)."
+    import torch.nn as nn
+    if not isinstance(model, nn.Module): raise SQError(f"{type(model).__name__} is not a torch nn.Module", "pass your trained model (an nn.Module)")
+    if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
+        raise SQError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize", "pass a CNN with Conv2d/Linear layers")
+    s = settings or load_settings()
+    bundle = as_data(data, settings=s)
+    m = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad(): m(bundle.normalize(bundle.x_val[:2]))
+    except Exception as e:
+        raise SQError(f"{type(model).__name__} cannot run on the data's inputs of shape {bundle.in_shape}: {type(e).__name__}: {e}",
+                      "pass data whose samples have the input shape your model expects") from None
+    st = cls(settings=s, **params)
+    with param.edit_constant(st): st.given = True
+    st.apply(WorkbenchLoaded(Workbench(bundle, m, name or type(model).__name__, HardwareConfig.from_settings(s))))
+    return st
+
+# %% ../nbs/14_explorer.ipynb #e13a0021
+@dataclass(frozen=True)
+class Kept(Event):
+    "A decision written to disk (a run record, an exported file)."
+    what:str; path:str
+
+@patch
+def _on_Kept(self:ExplorerState, ev): self._log("Saved", f"{ev.what}: {ev.path}")
+
+@patch
+def last_result(self:ExplorerState):
+    "The finished refinement (a `SearchResult` with its quantized `model`) whose map the views show, or None."
+    w, s = self.worker, self.snapshot
+    if w is None or w.alive or w.superseded or s is None: return None
+    r = w.result
+    if r is None or r.status == "CANCELLED" or getattr(r, "model", None) is None: return None
+    return r if tuple(int(r.bits.get(n, b)) for n, b in zip(s.layers, s.bits)) == tuple(s.bits) else None
+
+@patch
+def _kept(self:ExplorerState):
+    r = self.last_result()
+    if r is None: raise SQError("the current bit map has not been measured (a σ preview or a refinement still running)",
+                                "press Start and wait for the refinement to finish, then save or download")
+    return r
+
+@patch
+def save_run(self:ExplorerState, out_dir:str|Path="runs", # Folder of run records (the CLI's --out default)
+             name:str|None=None # Run name (default: explorer-<method>-<timestamp>)
+            ) -> Path:
+    "Write the current (measured) map as a finished run record; returns its folder."
+    from sigmaquant_lab.runs import RunDir
+    from dataclasses import asdict
+    r, wb = self._kept(), self.workbench
+    run = RunDir.create(out_dir, name, prefix=f"explorer-{r.method}")
+    try:
+        conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
+                    in_shape=list(wb.data.in_shape), saved_from="explorer", splits=wb.note,
+                    **({"model_name": wb.model_name} if wb.model_name in MODEL_NAMES else {}))
+        run.write_json("config.json", conf)
+        run.write_json("bits.json", r.bits)
+        run.save_torch("model.pt", r.model.state_dict())
+        run.write_json("result.json", asdict(r) | {"run_dir": str(run.final_path)})
+        c = r.costs
+        run.write_json("manifest.json", dict(name=run.name, method=r.method, status=r.status, started=time.time() - r.wall_s, finished=time.time(),
+                                             data=wb.data.name, model=type(wb.model).__name__, budget=r.config.get("budget"), acc=r.acc,
+                                             test_acc=r.test_acc, size_frac=c["size_frac"], wall_s=r.wall_s, saved_from="explorer",
+                                             **{k: c[k] for k in ("energy_frac", "latency_frac") if k in c}))
+        run.finish()
+    except BaseException:
+        run.abort(); raise
+    self.apply(Kept("run record", str(run.path)))
+    return run.path
+
+@patch
+def export_current(self:ExplorerState, folder:str|Path, # Where to write the files
+                   what:tuple=("packed", "onnx") # Which files
+                  ) -> dict:
+    "Packed safetensors and/or ONNX of the current (measured) map: {kind: Path}."
+    from sigmaquant_lab.export import export_packed, export_onnx
+    r, wb = self._kept(), self.workbench
+    folder = Path(folder).expanduser(); folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{wb.model_name}-{r.method}-{r.costs['size_frac']:.0%}".replace("%", "pct")
+    out = {}
+    if "packed" in what:
+        out["packed"] = Path(export_packed(r.model, folder/f"{stem}.packed.safetensors",
+                                           meta=dict(model_name=wb.model_name, data=wb.data.name, method=r.method,
+                                                     num_classes=wb.data.num_classes, in_shape=list(wb.data.in_shape)))["path"])
+    if "onnx" in what: out["onnx"] = Path(export_onnx(r.model, folder/f"{stem}.onnx", wb.data.in_shape)["path"])
+    return out
 
 # %% ../nbs/14_explorer.ipynb #34be8a4d
 def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook

@@ -19,10 +19,10 @@ from bokeh.core.property.vectorization import field
 
 from .core import SQError, load_settings
 from .plots import Snapshot, VIEWS, VIEW_DATA, LOG_COLUMNS, changed_views
-from .explorer import ExplorerState, Workbench, WorkbenchLoaded, logger
+from .explorer import ExplorerState, Workbench, WorkbenchLoaded, Notice, logger
 
 # %% auto #0
-__all__ = ['STRUCTURE_FIELDS', 'LAYOUT', 'ExplorerApp', 'serve']
+__all__ = ['STRUCTURE_FIELDS', 'LAYOUT', 'ExplorerApp', 'serve', 'inline_resources', 'explore']
 
 # %% ../nbs/14a_explorer_app.ipynb #beeffa23
 STRUCTURE_FIELDS = dict(kl=("layers", "cand_bits", "kl"))   # a change of these rebuilds the view (default: layers)
@@ -71,6 +71,7 @@ class ExplorerApp(pn.viewable.Viewer):
     state = param.ClassSelector(class_=ExplorerState, doc="The state this app shows (a new one by default)")
     period_ms = param.Integer(200, bounds=(20, 5000), doc="How often the worker's events are drained")
     render_budget_s = param.Number(0.02, bounds=(0, None), doc="Redraw time per tick; views still stale are drawn on the next ticks")
+    runs_dir = param.String("runs", doc="Where *Save run* writes run records (the CLI's --out default)")
 
     def __init__(self, state:ExplorerState|None=None, # State to show (default: a new `ExplorerState()`)
                  wait:bool=True, # Load the dataset before returning (False: in the background)
@@ -92,6 +93,7 @@ class ExplorerApp(pn.viewable.Viewer):
         self._buttons["start"].on_click(lambda e: self._act(self.state.refine))
         self._buttons["cancel"].on_click(lambda e: self._act(self.state.cancel))
         self._buttons["resume"].on_click(lambda e: self._act(lambda: self.state.refine(resume=True)))
+        self._keep = self._keep_widgets()
         self._layout = pn.Row(self._sidebar(), self._main, sizing_mode="stretch_width")
         st.param.watch(self._on_snapshot, "snapshot")
         st.param.watch(self._on_status, ["status", "progress", "message"])
@@ -104,11 +106,17 @@ class ExplorerApp(pn.viewable.Viewer):
     def _sidebar(self):
         st, w = self.state, pn.widgets
         c = dict(sizing_mode="stretch_width")
+        if st.given and st.workbench is not None:        # your model (explore): named, never offered to be replaced
+            wb = st.workbench
+            pickers = [pn.pane.HTML(f"<p><b>Model</b> {html.escape(wb.model_name)} — yours, used as given (not retrained)<br>"
+                                    f"<b>Data</b> {html.escape(wb.note)}</p>", css_classes=["sq-given"], **c)]
+        else:
+            pickers = [w.Select.from_param(st.param.dataset, css_classes=["sq-dataset"], **c),
+                       w.TextInput.from_param(st.param.data_path, placeholder="path/to/imagefolder or .zip", visible=st.param.dataset.rx() == "path", **c),
+                       w.Select.from_param(st.param.model_name, css_classes=["sq-model"], **c)]
         return pn.Column(
             pn.pane.Markdown("### SigmaQuant explorer\nBudgets vs INT8; a change re-clusters at once and restarts a short refinement.", **c),
-            w.Select.from_param(st.param.dataset, css_classes=["sq-dataset"], **c),
-            w.TextInput.from_param(st.param.data_path, placeholder="path/to/imagefolder or .zip", visible=st.param.dataset.rx() == "path", **c),
-            w.Select.from_param(st.param.model_name, css_classes=["sq-model"], **c),
+            *pickers,
             w.FloatSlider.from_param(st.param.max_acc_drop, throttled=True, format="0.00%", css_classes=["sq-acc"], **c),
             w.FloatSlider.from_param(st.param.size_frac, throttled=True, format="0%", css_classes=["sq-size"], **c),
             w.FloatSlider.from_param(st.param.energy_frac, throttled=True, format="0.00", css_classes=["sq-energy"], **c),
@@ -121,7 +129,34 @@ class ExplorerApp(pn.viewable.Viewer):
             w.IntSlider.from_param(st.param.max_steps, throttled=True, **c),
             w.Checkbox.from_param(st.param.auto_refine),
             pn.Row(*self._buttons.values(), **c),
-            self._progress, self._status, self._alert, width=320)
+            self._progress, self._status, self._alert,
+            pn.pane.Markdown("Keep the measured map", margin=(0, 10)), *self._keep.values(), width=320)
+
+    def _keep_widgets(self) -> dict:
+        "Save run (a run record `sigmaquant-lab runs` lists) and downloads of the packed and ONNX files of the current map."
+        w, c = pn.widgets, dict(sizing_mode="stretch_width", disabled=True)
+        save = w.Button(name="Save run", button_type="success", css_classes=["sq-save"], **c)
+        save.on_click(lambda e: self.save_run())
+        return dict(save=save,
+                    packed=w.FileDownload(callback=lambda: self._file("packed"), filename="model.packed.safetensors", embed=False,
+                                          label="Download packed (.safetensors)", css_classes=["sq-dl-packed"], **c),
+                    onnx=w.FileDownload(callback=lambda: self._file("onnx"), filename="model.onnx", embed=False,
+                                        label="Download ONNX", css_classes=["sq-dl-onnx"], **c))
+
+    def save_run(self) -> Path|None:
+        "The *Save run* button: write the current map as a run record under `runs_dir` (a failure is a message)."
+        st = self.state
+        try: p = st.save_run(self.runs_dir)
+        except SQError as e: st.apply(Notice(st.status, f"not saved: {e}")); return None
+        st.apply(Notice(st.status, f"saved run {p.name} in {p.parent} (sigmaquant-lab runs --out {p.parent})")); return p
+
+    def _file(self, kind:str):
+        "A download: export the current map into a temporary folder and hand the file to the browser."
+        import tempfile
+        try: p = self.state.export_current(tempfile.mkdtemp(prefix="sigmaquant-"), (kind,))[kind]
+        except SQError as e: self.state.apply(Notice(self.state.status, f"no {kind} file: {e}")); return None
+        self._keep[kind].filename = p.name
+        return str(p)
 
     # --- state → views (UI thread only) ------------------------------------------------------
     def _build(self, snap:Snapshot):
@@ -137,6 +172,7 @@ class ExplorerApp(pn.viewable.Viewer):
 
     def _on_snapshot(self, *_):
         if not self._deferred: self.render()        # inside tick(): rendered once, after all events are applied
+        self._keepable()
 
     def render(self, budget_s:float|None=None):
         "Bring the views up to the current snapshot, in place (rebuilt when their structure changed); stop after `budget_s` s."
@@ -185,6 +221,13 @@ class ExplorerApp(pn.viewable.Viewer):
         put(self._status, object=f"<p><b>{st.status}</b>" + (f" · {html.escape(st.message)}" if st.message else "") + "</p>")
         put(self._alert, visible=st.status == "error", **({"object": st.message} if st.status == "error" else {}))
         put(self._buttons["cancel"], disabled=st.status not in ("running", "cancelling"))
+        self._keepable()
+
+    def _keepable(self):
+        "Enable Save run and the downloads only while the views show a measured map."
+        off = self.state.last_result() is None
+        for b in self._keep.values():
+            if b.disabled != off: b.disabled = off
 
     # --- periodic callback and session ---------------------------------------------------------
     def start(self):
@@ -218,3 +261,21 @@ def serve(host:str|None=None, port:int|None=None, show:bool=False, settings=None
     pn.extension()
     return pn.serve(lambda: ExplorerApp(wait=False), address=host, port=port, websocket_origin=[f"{host}:{port}"], show=show,
                     title="SigmaQuant explorer", **kw)
+
+# %% ../nbs/14a_explorer_app.ipynb #a13a0021
+def inline_resources():
+    "Every JS/CSS resource from this machine: inlined into a notebook's output (no CDN); served apps use the server's /static."
+    pn.config.inline = True
+    if pn.state.curdoc is None or pn.state.curdoc.session_context is None: pn.extension(inline=True)   # a kernel, not a served session
+
+def explore(model, # Your trained float model: an nn.Module with Conv2d/Linear layers (used as given)
+            data, # DataBundle, Dataset, DataLoader or (x, y) pair (see `dataforms.as_data`)
+            name:str|None=None, # Model name in the sidebar (default: its class name)
+            runs_dir:str|Path="runs", # Where *Save run* writes run records
+            settings=None, # `Settings` (default: `load_settings()`)
+            **params # Inputs: max_acc_drop, size_frac, energy_frac, bits, mac, lam, epochs, max_steps, auto_refine, ...
+           ) -> ExplorerApp:
+    "The explorer on your own model and data, shown inline in JupyterLab (no dataset or model picker)."
+    inline_resources()
+    st = ExplorerState.for_model(model, data, name=name, settings=settings, **params)
+    return ExplorerApp(st, runs_dir=str(runs_dir))
