@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse, contextlib, json, os, platform, shutil, socket, statistics, subprocess, sys, tempfile, time
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -97,12 +98,25 @@ HOOK = """() => {
 
 class App:
     "One browser page on the explorer: console errors, the hook, slider key presses, waits."
-    def __init__(self, browser, url:str, viewport=(1500, 1250)):
+    def __init__(self, browser, url:str, viewport=(1500, 1250), block_external:bool=True):
         self.page = browser.new_page(viewport=dict(width=viewport[0], height=viewport[1]))
-        self.errors, self.missed = [], 0          # missed: key presses the slider did not take (pressed again)
+        self.errors, self.missed, self.blocked = [], 0, []   # missed: key presses the slider did not take (pressed again)
+        if block_external: self.page.route("**/*", self._local_only)   # offline: every resource must come from the server
         self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
         self.page.goto(url, timeout=120_000)
+
+    def _local_only(self, route):
+        "Let localhost (and data:/blob:) requests through; abort and record every other one."
+        u = route.request.url
+        if u.startswith(("data:", "blob:")) or urlparse(u).hostname in ("127.0.0.1", "localhost", "::1"): route.continue_()
+        else: self.blocked.append(u); route.abort()
+
+    def view_titles(self) -> dict:
+        "{view: title text} of every plot in the page (their figures carry the css class `sq-view-<name>`)."
+        return self.page.evaluate("""() => { const out = {}; for (const m of Bokeh.documents[0].all_models) {
+            const c = (m.css_classes || []).find(x => x.startsWith('sq-view-'));
+            if (c && m.title && m.title.text !== undefined) out[c.slice(8)] = m.title.text; } return out; }""")
 
     def wait_views(self, timeout_s:float=120):
         "Wait for the plots (the dataset loads in the background) and install the hook."
