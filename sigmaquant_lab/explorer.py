@@ -610,13 +610,13 @@ def _kept(self:ExplorerState):
 
 @patch
 def save_run(self:ExplorerState, out_dir:str|Path="runs", # Folder of run records (the CLI's --out default)
-             name:str|None=None # Run name (default: explorer-<method>-<timestamp>)
+             name:str|None=None # Run name (default: explorer-<timestamp>-<pid>, short enough for the `runs` table)
             ) -> Path:
     "Write the current (measured) map as a finished run record; returns its folder."
     from sigmaquant_lab.runs import RunDir
     from dataclasses import asdict
     r, wb = self._kept(), self.workbench
-    run = RunDir.create(out_dir, name, prefix=f"explorer-{r.method}")
+    run = RunDir.create(out_dir, name, prefix="explorer")
     try:
         conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
                     in_shape=list(wb.data.in_shape), saved_from="explorer", splits=wb.note,
