@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
 # %% ../nbs/14_explorer.ipynb #ff0ec809
 from __future__ import annotations
-import copy, logging, queue, threading, time
+import copy, dataclasses, json, logging, queue, threading, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,15 +23,15 @@ from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
-from .search import search, reference_key, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
+from .search import search, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
                                   trajectory_point, MAC_LABELS)
 
 # %% auto #0
 __all__ = ['logger', 'STATUSES', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded', 'PreviewReady',
-           'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'preview', 'PausingCancel', 'SearchWorker', 'ExplorerState',
-           'LogLine', 'Kept', 'serve_command']
+           'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'PeerFound', 'preview', 'PausingCancel', 'SearchWorker',
+           'ExplorerState', 'LogLine', 'run_peers', 'Kept', 'serve_command']
 
 # %% ../nbs/14_explorer.ipynb #f1f81df7
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class Workbench:
         self.cost_model = CostModel.from_model(model, data.in_shape, hw=hw if hw is not None else HardwareConfig.from_settings())
         self._kl = {}
         self.references = {}   # INT8 references of earlier refinements by `reference_key` (`SearchWorker` reuses them)
+        self.ladder = {}       # uniform W_xA_y peers measured so far: (reference key, w, a, epochs) -> point (`SearchWorker` fills it)
 
     @property
     def title(self) -> str: return f"{self.data.name} / {self.model_name}"
@@ -123,6 +124,11 @@ class Notice(Event):
 class WorkerFailed(Event):
     message:str
 
+@dataclass(frozen=True)
+class PeerFound(Event):
+    "A point for the zone plane besides the trajectory: a uniform W_xA_y map or a finished run (dict: label, method, size_frac, drop_pt, acc)."
+    peer:dict
+
 def preview(wb:Workbench, lam:float, bits:tuple, k:int=4 # Clusters K (settings.ini [search] clusters)
            ) -> PreviewReady:
     "Phase 1 without QAT: balanced σ clusters at `lam` mapped to candidate `bits`."
@@ -157,10 +163,13 @@ class SearchWorker:
                  threads:int|None=1, # torch intra-op threads for the search (None: leave as is)
                  idle:threading.Event|None=None, # Pause between batches while this is cleared (see `PausingCancel`)
                  references:dict|None=None, # Shared cache of INT8 references (e.g. `Workbench.references`): reused and filled
+                 ladder:tuple=(), # (w, a) pairs measured as uniform W_xA_y maps after the search, same QAT recipe (`PeerFound` events)
+                 ladder_cache:dict|None=None, # Shared cache of those points (e.g. `Workbench.ladder`): reused and filled
                  **search_kw): # More `search` arguments (out_dir, name, ...)
         search_kw.setdefault("evaluate_cancelled", False)   # a cancelled refinement ends at once, unmeasured
         self.model, self.data, self.cfg, self.threads, self.search_kw = model, data, cfg, threads, search_kw
         self.references, self.reused = references, False
+        self.ladder, self.ladder_cache = tuple(ladder), ladder_cache if ladder_cache is not None else {}
         self.queue, self.stop = queue.SimpleQueue(), threading.Event()
         self.flag = PausingCancel(self.stop, idle)
         self.result, self.error, self.superseded = None, None, False
@@ -179,10 +188,33 @@ class SearchWorker:
             if self.references is not None and r8 is not None and r8.key not in self.references:
                 while len(self.references) >= 8: self.references.pop(next(iter(self.references)))   # keep the 8 newest
                 self.references[r8.key] = r8
+            if self.ladder and self.result.status != "CANCELLED" and not self.stop.is_set(): self._measure_ladder(r8 or ref)
         except SQError as e:
             self.error = e; self.queue.put(WorkerFailed(str(e)))
         except Exception as e:   # shown in the app as one line; the traceback goes to the server log
             logger.exception("search worker failed"); self.error = e; self.queue.put(WorkerFailed(f"{type(e).__name__}: {e}"))
+
+    def _measure_ladder(self, ref):
+        "Uniform W_xA_y maps with the refinement's QAT recipe and INT8 reference, `e1` epochs each; cached; stops when cancelled."
+        from sigmaquant_lab.uniform import UniformConfig
+        from sigmaquant_lab.core import Budget
+        base = {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(SearchConfig) if f.name not in ("bits", "budget", "act_bits")}
+        epochs = max(1, int(self.cfg.e1))
+        for w, a in self.ladder:
+            if self.stop.is_set(): return
+            key = (getattr(ref, "key", None), int(w), int(a), epochs)
+            pt = self.ladder_cache.get(key) if key[0] is not None else None
+            if pt is None:
+                try:
+                    ucfg = UniformConfig(**base, w_bits=int(w), a_bits=int(a), epochs=epochs, budget=Budget(self.cfg.budget.max_acc_drop, 1.0))
+                    r = search(self.model, self.data, ucfg, cancel=self.flag, reference=ref, evaluate_cancelled=False)
+                except Exception:
+                    logger.exception("uniform ladder point W%sA%s failed", w, a); return
+                if r.status == "CANCELLED": return
+                pt = dict(label=f"W{w}A{a}", method="uniform", size_frac=float(r.costs["size_frac"]), acc=float(r.acc),
+                          drop_pt=float((r.reference["acc_val"] - r.acc) * 100), epochs=epochs)
+                if key[0] is not None: self.ladder_cache[key] = pt
+            self.queue.put(PeerFound(pt))
 
     def start(self):
         "Start the thread; returns self."
@@ -231,6 +263,8 @@ class ExplorerState(param.Parameterized):
     train_limit = param.Integer(2000, bounds=(100, None), allow_None=True, precedence=-1, doc="Training images kept for big datasets (refinements stay interactive on a CPU)")
     threads = param.Integer(1, bounds=(1, None), precedence=-1, doc="torch threads of the search worker")
     join_s = param.Number(0.0, bounds=(0, 5), precedence=-1, doc="How long `refine` waits for a cancelled worker before leaving the new run to `poll()`")
+    ladder = param.List(default=[(6, 8), (4, 8), (2, 8), (4, 4)], precedence=-1, doc="Uniform W_xA_y peers measured after each refinement (empty: none)")
+    runs_dir = param.String("runs", precedence=-1, doc="Run records: finished runs of this data and model are peers on the zone plane; Save run writes here")
     given = param.Boolean(False, constant=True, precedence=-1, doc="The workbench was given (`for_model`, `explore`): loading keeps it, the dataset and model inputs are ignored")
 
     status = param.Selector(default="idle", objects=list(STATUSES), constant=True)
@@ -304,7 +338,7 @@ def _on_WorkbenchLoaded(self:ExplorerState, ev):
     self.snapshot = Snapshot(layers=wb.names, params=wb.params, sigma=np.asarray(wb.sigma), sigma_n=np.asarray(wb.sigma_n),
                              clusters=np.array(pv.clusters), centroids=np.array(pv.centroids), lam=pv.lam, cand_bits=pv.cand_bits,
                              kl=wb.kl(pv.cand_bits), bits=pv.bits, hw=wb.costs(pv.bits, self.mac), budget=budget, mac=self.mac,
-                             source="σ preview", title=wb.title)
+                             source="σ preview", title=wb.title, peers=self._known_peers(wb))
     self._log("Loaded", repr(wb))
     self.status, self.progress, self.message = "idle", 0.0, f"{wb.title}: {len(wb.names)} layers, {int(wb.params.sum()):,} weights"
 
@@ -389,6 +423,40 @@ def _on_RunFinished(self:ExplorerState, ev):
     self.message = (f"{ev.status} · val {ev.acc:.2%}{drop} · size {ev.costs.get('size_frac', float('nan')):.1%} of INT8"
                     + (f" · {ev.reason}" if ev.reason else ""))
 
+# %% ../nbs/14_explorer.ipynb #e13a0031
+def run_peers(runs_dir:str|Path, # Folder of run records
+              wb:Workbench # Only runs of its data and model class
+             ) -> list[dict]:
+    "Finished runs of the workbench's data and model as zone-plane points (drop vs each run's own INT8 reference)."
+    from sigmaquant_lab.runs import list_runs
+    out = []
+    for r in list_runs(runs_dir):
+        if not r.get("finished") or r.get("status") in (None, "CANCELLED", "CORRUPT", "RUNNING") or r.get("acc") is None: continue
+        if r.get("data") != wb.data.name or r.get("model") != type(wb.model).__name__ or r.get("size_frac") is None: continue
+        try: ref = json.loads((Path(r["path"])/"result.json").read_text())["reference"]["acc_val"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError): continue
+        label = "saved" if r.get("saved_from") == "explorer" else r.get("method", "run")
+        out.append(dict(label=label, method=r.get("method", "other"), size_frac=float(r["size_frac"]), acc=float(r["acc"]),
+                        drop_pt=float((ref - r["acc"]) * 100), run=r.get("name", "")))
+    return out
+
+@patch
+def _known_peers(self:ExplorerState, wb:Workbench) -> tuple:
+    "Peers known when a workbench loads: finished runs in `runs_dir` and ladder points already measured with the current epochs."
+    try: runs = run_peers(self.runs_dir, wb)
+    except OSError: runs = []
+    ladder = [p for p in wb.ladder.values() if p["epochs"] == max(1, int(self.epochs))]
+    return tuple(ladder + runs)
+
+def _peer_key(p:dict) -> tuple: return (p.get("method"), p.get("label"), p.get("run"))
+
+@patch
+def _on_PeerFound(self:ExplorerState, ev):
+    s = self.snapshot
+    if s is None: return
+    k = _peer_key(ev.peer)
+    self.snapshot = replace(s, peers=tuple(p for p in s.peers if _peer_key(p) != k) + (dict(ev.peer),))
+
 # %% ../nbs/14_explorer.ipynb #12e55bab
 @patch
 def load(self:ExplorerState, wait:bool=False):
@@ -443,7 +511,8 @@ def _start_pending(self:ExplorerState):
     if self.worker is not None: self._take(self.worker, self.worker.drain())
     self._resume = resume
     self.worker = SearchWorker(self.workbench.model, self.workbench.data, cfg, threads=self.threads, idle=self._idle,
-                               references=self.workbench.references).start()
+                               references=self.workbench.references, ladder=tuple(tuple(p) for p in self.ladder),
+                               ladder_cache=self.workbench.ladder).start()
     self.apply(Notice("running", "starting: INT8 reference …"))
 
 @patch
@@ -596,7 +665,7 @@ def _on_Kept(self:ExplorerState, ev): self._log("Saved", f"{ev.what}: {ev.path}"
 def last_result(self:ExplorerState):
     "The finished refinement (a `SearchResult` with its quantized `model`) whose map the views show, or None."
     w, s = self.worker, self.snapshot
-    if w is None or w.alive or w.superseded or s is None: return None
+    if w is None or w.superseded or s is None: return None          # (the worker may still be measuring the uniform ladder)
     r = w.result
     if r is None or r.status == "CANCELLED" or getattr(r, "model", None) is None: return None
     return r if tuple(int(r.bits.get(n, b)) for n, b in zip(s.layers, s.bits)) == tuple(s.bits) else None
@@ -609,13 +678,14 @@ def _kept(self:ExplorerState):
     return r
 
 @patch
-def save_run(self:ExplorerState, out_dir:str|Path="runs", # Folder of run records (the CLI's --out default)
+def save_run(self:ExplorerState, out_dir:str|Path|None=None, # Folder of run records (default: `runs_dir`, like the CLI's --out: runs)
              name:str|None=None # Run name (default: explorer-<timestamp>-<pid>, short enough for the `runs` table)
             ) -> Path:
     "Write the current (measured) map as a finished run record; returns its folder."
     from sigmaquant_lab.runs import RunDir
     from dataclasses import asdict
     r, wb = self._kept(), self.workbench
+    out_dir = self.runs_dir if out_dir is None else out_dir
     run = RunDir.create(out_dir, name, prefix="explorer")
     try:
         conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
@@ -634,6 +704,8 @@ def save_run(self:ExplorerState, out_dir:str|Path="runs", # Folder of run record
     except BaseException:
         run.abort(); raise
     self.apply(Kept("run record", str(run.path)))
+    for pt in run_peers(run.path.parent, wb):
+        if pt["run"] == run.name: self.apply(PeerFound(pt))
     return run.path
 
 @patch

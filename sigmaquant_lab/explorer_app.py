@@ -71,7 +71,6 @@ class ExplorerApp(pn.viewable.Viewer):
     state = param.ClassSelector(class_=ExplorerState, doc="The state this app shows (a new one by default)")
     period_ms = param.Integer(200, bounds=(20, 5000), doc="How often the worker's events are drained")
     render_budget_s = param.Number(0.02, bounds=(0, None), doc="Redraw time per tick; views still stale are drawn on the next ticks")
-    runs_dir = param.String("runs", doc="Where *Save run* writes run records (the CLI's --out default)")
 
     def __init__(self, state:ExplorerState|None=None, # State to show (default: a new `ExplorerState()`)
                  wait:bool=True, # Load the dataset before returning (False: in the background)
@@ -144,9 +143,9 @@ class ExplorerApp(pn.viewable.Viewer):
                                         label="Download ONNX", css_classes=["sq-dl-onnx"], **c))
 
     def save_run(self) -> Path|None:
-        "The *Save run* button: write the current map as a run record under `runs_dir` (a failure is a message)."
+        "The *Save run* button: write the current map as a run record under the state's `runs_dir` (a failure is a message)."
         st = self.state
-        try: p = st.save_run(self.runs_dir)
+        try: p = st.save_run(st.runs_dir)
         except SQError as e: st.apply(Notice(st.status, f"not saved: {e}")); return None
         st.apply(Notice(st.status, f"saved run {p.name} in {p.parent} (sigmaquant-lab runs --out {p.parent})")); return p
 
@@ -242,6 +241,7 @@ class ExplorerApp(pn.viewable.Viewer):
                 try: self.state.poll()
                 finally: self._deferred = False
                 self.render(self.render_budget_s)      # a slider message waits at most this long behind a tick
+                self._keepable()                       # the result lands just after its RunFinished event
         except Exception:
             logger.exception("explorer tick failed")
 
@@ -271,11 +271,11 @@ def inline_resources():
 def explore(model, # Your trained float model: an nn.Module with Conv2d/Linear layers (used as given)
             data, # DataBundle, Dataset, DataLoader or (x, y) pair (see `dataforms.as_data`)
             name:str|None=None, # Model name in the sidebar (default: its class name)
-            runs_dir:str|Path="runs", # Where *Save run* writes run records
+            runs_dir:str|Path="runs", # Where *Save run* writes run records (finished runs there are peers on the zone plane)
             settings=None, # `Settings` (default: `load_settings()`)
             **params # Inputs: max_acc_drop, size_frac, energy_frac, bits, mac, lam, epochs, max_steps, auto_refine, ...
            ) -> ExplorerApp:
     "The explorer on your own model and data, shown inline in JupyterLab (no dataset or model picker)."
     inline_resources()
-    st = ExplorerState.for_model(model, data, name=name, settings=settings, **params)
-    return ExplorerApp(st, runs_dir=str(runs_dir))
+    st = ExplorerState.for_model(model, data, name=name, settings=settings, runs_dir=str(runs_dir), **params)
+    return ExplorerApp(st)
