@@ -30,7 +30,7 @@ from .hardware import CostModel, HWCosts, MAC_TYPES
 from .stats import kl_table
 
 # %% auto #0
-__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLORS', 'LOG_COLUMNS',
+__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLOR', 'LOG_COLUMNS',
            'VIEWS', 'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot', 'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot',
            'kl_data', 'kl_heatmap', 'bits_data', 'bits_plot', 'costs_data', 'costs_plot', 'hardware_data',
            'hardware_plot', 'zone_bounds', 'zone_data', 'zone_plot', 'log_row', 'log_frame', 'changed_views']
@@ -122,7 +122,7 @@ BITS_COLORS = {1: "#a50026", 2: "#d73027", 3: "#f46d43", 4: "#fdae61", 5: "#d9ef
 CLUSTER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 ZONE_COLORS = {"target": "#1a9850", "increase": "#fdae61", "decrease": "#74add1", "abandon": "#d73027"}
 PHASE_COLORS = {"phase1": "#7570b3", "phase2": "#d95f02", "fixed": "#666666"}
-PEER_COLORS = {"uniform": "#999999", "hawq": "#e7298a", "amed": "#66a61e", "diffmp": "#e6ab02", "random": "#a6761d", "other": "#1b9e77"}
+PEER_COLOR = "#bbbbbb"   # peers on the zone plane (uniform ladder, other runs): grey squares, labelled
 
 _BASE = dict(responsive=True, height=260, toolbar=None, fontsize={"title": "10pt"})
 
@@ -282,12 +282,11 @@ def zone_data(s:Snapshot) -> ViewData:
                 dot=np.where(last, 14, 8), ring=list(np.where(last, "#000000", "#ffffff")), lw=np.where(last, 3, 1))
     pe = [p for p in s.peers if p["size_frac"] == p["size_frac"] and p["drop_pt"] == p["drop_pt"]]
     peers = dict(size=np.array([p["size_frac"] * 100 for p in pe], float), drop=np.array([p["drop_pt"] for p in pe], float),
-                 label=[p["label"] for p in pe], method=[p.get("method", "") for p in pe], acc=np.array([p.get("acc", np.nan) for p in pe], float),
-                 color=[PEER_COLORS.get(p.get("method", ""), PEER_COLORS["other"]) for p in pe])
+                 label=[p["label"] for p in pe], method=[p.get("method", "") for p in pe], acc=np.array([p.get("acc", np.nan) for p in pe], float))
     peer_labels = dict(x=peers["size"], y=peers["drop"], text=peers["label"])
     return ViewData((zones, labels, peers, peer_labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps",
                     (x0, x1), (y0, y1),
-                    ({"fill_color": "color"}, {}, {"fill_color": "color"}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
+                    ({"fill_color": "color"}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
 
 def zone_plot(s:Snapshot) -> hv.Overlay:
     "Target / increase / decrease / abandon zones, peers (squares: uniform W_xA_y ladder, other runs), the search trajectory and its last point (ringed)."
@@ -297,8 +296,9 @@ def zone_plot(s:Snapshot) -> hv.Overlay:
     pth = hv.Path([np.c_[path["xs"][0], path["ys"][0]]]).opts(color="#333333", line_width=1.5, alpha=0.8)
     pts = hv.Scatter(dots, "size", ["drop", "phase", "step", "decision", "acc", "color", "dot", "ring", "lw"]).opts(
         color="color", size="dot", line_color="ring", line_width="lw", tools=["hover"])
-    pp = hv.Points(peers, ["size", "drop"], ["label", "method", "acc", "color"]).opts(
-        color="color", marker="square", size=9, line_color="#333333", alpha=0.85, tools=["hover"])
+    # one constant style: an empty colour column reaches BokehJS as a float array ("invalid color array") before any peer exists
+    pp = hv.Points(peers, ["size", "drop"], ["label", "method", "acc"]).opts(
+        color=PEER_COLOR, marker="square", size=9, line_color="#333333", alpha=0.85, tools=["hover"])
     pl = hv.Labels(peer_labels, ["x", "y"], "text").opts(text_color="#333333", text_font_size="8pt", yoffset=0.0, text_align="left",
                                                           text_baseline="bottom", xoffset=0.8)
     return (r * t * pp * pl * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
