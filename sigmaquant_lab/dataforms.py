@@ -81,9 +81,7 @@ def as_data(obj, # DataBundle, Dataset, DataLoader or (x, y) pair
             settings=None # `Settings` (default: `load_settings()`)
            ) -> DataBundle:
     "Your data as a `DataBundle` with train/val/test carved the way `get_data` carves them; `bundle.carving` records how."
-    if isinstance(obj, DataBundle):
-        if not hasattr(obj, "carving"): obj.carving = dict(form="DataBundle", note=f"the splits of {obj.name} as given")
-        return obj
+    if isinstance(obj, DataBundle): return obj          # its own splits (e.g. `get_data`'s), as given
     s = settings or load_settings()
     val_frac = _check_split_frac("val_frac", s.float("data", "val_frac") if val_frac is None else val_frac)
     test_frac = _check_split_frac("test_frac", test_frac)
@@ -104,7 +102,8 @@ def as_data(obj, # DataBundle, Dataset, DataLoader or (x, y) pair
     mean = std = None
     if normalize and x.ndim == 4: mean, std = channel_stats(train[0])
     name = name or form
-    note = f"{name}: {len(y) + len(test_part[1]) if test is None else len(y)} samples from a {form}; {test_note}; val: {val_frac:.0%} of the rest per class (seed {seed + 1})"
+    n = len(y) + len(test_part[1]) if test is None else len(y)
+    note = f"{name}: {n} samples" + (f" ({form})" if name != form else "") + f"; {test_note}; val: {val_frac:.0%} of the rest per class (seed {seed + 1})"
     b = DataBundle(name, *train, *val, *test_part, num_classes=k, in_shape=tuple(train[0].shape[1:]),
                    classes=list(classes) if classes is not None and len(classes) == k else [str(i) for i in range(k)],
                    augment=False, mean=mean, std=std)
@@ -117,4 +116,4 @@ def splits_note(data) -> str:
     "One line saying where a bundle's splits come from (for a view or a log)."
     c = getattr(data, "carving", None)
     sizes = f"train {len(data.y_train)} / val {len(data.y_val)} / test {len(data.y_test)}"
-    return (c["note"] if c else f"{data.name}: the dataset's own splits") + f" → {sizes}"
+    return (c["note"] if c else f"{data.name}: the bundle's own splits, as given") + f" → {sizes}"
