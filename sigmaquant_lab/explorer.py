@@ -1,4 +1,4 @@
-"""The live workbench: `ExplorerState` (inputs, status, a frozen snapshot; no Panel), `SearchWorker` (one background search thread) and `ExplorerApp` (Panel views of the state).
+"""The live workbench, headless: `Workbench`, `ExplorerState` (inputs, status, a frozen snapshot) and `SearchWorker` (one background search thread). No Panel, HoloViews or Bokeh is imported here; the views and the app are in `explorer_app`.
 
 Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
 # %% ../nbs/14_explorer.ipynb #ff0ec809
 from __future__ import annotations
-import logging, queue, threading, time
+import copy, dataclasses, json, logging, queue, threading, time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,19 +18,20 @@ from fastcore.basics import patch
 
 from .core import SQError, Budget, check_bits, load_settings
 from .data import get_data, find_cifar10
+from .dataforms import as_data, splits_note
 from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
-from .search import search, reference_key, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
+from .search import search, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
                                   trajectory_point, MAC_LABELS)
 
 # %% auto #0
-__all__ = ['logger', 'STATUSES', 'STRUCTURE_FIELDS', 'LAYOUT', 'Workbench', 'load_workbench', 'available_datasets',
-           'WorkbenchLoaded', 'PreviewReady', 'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'preview',
-           'PausingCancel', 'SearchWorker', 'ExplorerState', 'LogLine', 'ExplorerApp', 'serve_command', 'serve']
+__all__ = ['logger', 'STATUSES', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded', 'PreviewReady',
+           'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'PeerFound', 'preview', 'PausingCancel', 'SearchWorker',
+           'ExplorerState', 'LogLine', 'run_peers', 'Kept', 'serve_command']
 
 # %% ../nbs/14_explorer.ipynb #f1f81df7
 logger = logging.getLogger(__name__)
@@ -49,9 +50,15 @@ class Workbench:
         self.cost_model = CostModel.from_model(model, data.in_shape, hw=hw if hw is not None else HardwareConfig.from_settings())
         self._kl = {}
         self.references = {}   # INT8 references of earlier refinements by `reference_key` (`SearchWorker` reuses them)
+        self.ladder = {}       # uniform W_xA_y peers measured so far: (reference key, w, a, epochs) -> point (`SearchWorker` fills it)
 
     @property
     def title(self) -> str: return f"{self.data.name} / {self.model_name}"
+
+    @property
+    def note(self) -> str:
+        "Where the data's splits come from (`dataforms.splits_note`)."
+        return splits_note(self.data)
 
     def kl(self, bits:tuple, norm:str="kl2") -> np.ndarray:
         "Normalised KL table (layers × `bits`), computed once per candidate set."
@@ -117,6 +124,11 @@ class Notice(Event):
 class WorkerFailed(Event):
     message:str
 
+@dataclass(frozen=True)
+class PeerFound(Event):
+    "A point for the zone plane besides the trajectory: a uniform W_xA_y map or a finished run (dict: label, method, size_frac, drop_pt, acc)."
+    peer:dict
+
 def preview(wb:Workbench, lam:float, bits:tuple, k:int=4 # Clusters K (settings.ini [search] clusters)
            ) -> PreviewReady:
     "Phase 1 without QAT: balanced σ clusters at `lam` mapped to candidate `bits`."
@@ -151,10 +163,13 @@ class SearchWorker:
                  threads:int|None=1, # torch intra-op threads for the search (None: leave as is)
                  idle:threading.Event|None=None, # Pause between batches while this is cleared (see `PausingCancel`)
                  references:dict|None=None, # Shared cache of INT8 references (e.g. `Workbench.references`): reused and filled
+                 ladder:tuple=(), # (w, a) pairs measured as uniform W_xA_y maps after the search, same QAT recipe (`PeerFound` events)
+                 ladder_cache:dict|None=None, # Shared cache of those points (e.g. `Workbench.ladder`): reused and filled
                  **search_kw): # More `search` arguments (out_dir, name, ...)
         search_kw.setdefault("evaluate_cancelled", False)   # a cancelled refinement ends at once, unmeasured
         self.model, self.data, self.cfg, self.threads, self.search_kw = model, data, cfg, threads, search_kw
         self.references, self.reused = references, False
+        self.ladder, self.ladder_cache = tuple(ladder), ladder_cache if ladder_cache is not None else {}
         self.queue, self.stop = queue.SimpleQueue(), threading.Event()
         self.flag = PausingCancel(self.stop, idle)
         self.result, self.error, self.superseded = None, None, False
@@ -173,10 +188,33 @@ class SearchWorker:
             if self.references is not None and r8 is not None and r8.key not in self.references:
                 while len(self.references) >= 8: self.references.pop(next(iter(self.references)))   # keep the 8 newest
                 self.references[r8.key] = r8
+            if self.ladder and self.result.status != "CANCELLED" and not self.stop.is_set(): self._measure_ladder(r8 or ref)
         except SQError as e:
             self.error = e; self.queue.put(WorkerFailed(str(e)))
         except Exception as e:   # shown in the app as one line; the traceback goes to the server log
             logger.exception("search worker failed"); self.error = e; self.queue.put(WorkerFailed(f"{type(e).__name__}: {e}"))
+
+    def _measure_ladder(self, ref):
+        "Uniform W_xA_y maps with the refinement's QAT recipe and INT8 reference, `e1` epochs each; cached; stops when cancelled."
+        from sigmaquant_lab.uniform import UniformConfig
+        from sigmaquant_lab.core import Budget
+        base = {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(SearchConfig) if f.name not in ("bits", "budget", "act_bits")}
+        epochs = max(1, int(self.cfg.e1))
+        for w, a in self.ladder:
+            if self.stop.is_set(): return
+            key = (getattr(ref, "key", None), int(w), int(a), epochs)
+            pt = self.ladder_cache.get(key) if key[0] is not None else None
+            if pt is None:
+                try:
+                    ucfg = UniformConfig(**base, w_bits=int(w), a_bits=int(a), epochs=epochs, budget=Budget(self.cfg.budget.max_acc_drop, 1.0))
+                    r = search(self.model, self.data, ucfg, cancel=self.flag, reference=ref, evaluate_cancelled=False)
+                except Exception:
+                    logger.exception("uniform ladder point W%sA%s failed", w, a); return
+                if r.status == "CANCELLED": return
+                pt = dict(label=f"W{w}A{a}", method="uniform", size_frac=float(r.costs["size_frac"]), acc=float(r.acc),
+                          drop_pt=float((r.reference["acc_val"] - r.acc) * 100), epochs=epochs)
+                if key[0] is not None: self.ladder_cache[key] = pt
+            self.queue.put(PeerFound(pt))
 
     def start(self):
         "Start the thread; returns self."
@@ -225,6 +263,9 @@ class ExplorerState(param.Parameterized):
     train_limit = param.Integer(2000, bounds=(100, None), allow_None=True, precedence=-1, doc="Training images kept for big datasets (refinements stay interactive on a CPU)")
     threads = param.Integer(1, bounds=(1, None), precedence=-1, doc="torch threads of the search worker")
     join_s = param.Number(0.0, bounds=(0, 5), precedence=-1, doc="How long `refine` waits for a cancelled worker before leaving the new run to `poll()`")
+    ladder = param.List(default=[(6, 8), (4, 8), (2, 8), (4, 4)], precedence=-1, doc="Uniform W_xA_y peers measured after each refinement (empty: none)")
+    runs_dir = param.String("runs", precedence=-1, doc="Run records: finished runs of this data and model are peers on the zone plane; Save run writes here")
+    given = param.Boolean(False, constant=True, precedence=-1, doc="The workbench was given (`for_model`, `explore`): loading keeps it, the dataset and model inputs are ignored")
 
     status = param.Selector(default="idle", objects=list(STATUSES), constant=True)
     progress = param.Number(0.0, bounds=(0.0, 1.0), constant=True, doc="Progress of the current QAT cycle (0-1)")
@@ -297,7 +338,7 @@ def _on_WorkbenchLoaded(self:ExplorerState, ev):
     self.snapshot = Snapshot(layers=wb.names, params=wb.params, sigma=np.asarray(wb.sigma), sigma_n=np.asarray(wb.sigma_n),
                              clusters=np.array(pv.clusters), centroids=np.array(pv.centroids), lam=pv.lam, cand_bits=pv.cand_bits,
                              kl=wb.kl(pv.cand_bits), bits=pv.bits, hw=wb.costs(pv.bits, self.mac), budget=budget, mac=self.mac,
-                             source="σ preview", title=wb.title)
+                             source="σ preview", title=wb.title, peers=self._known_peers(wb))
     self._log("Loaded", repr(wb))
     self.status, self.progress, self.message = "idle", 0.0, f"{wb.title}: {len(wb.names)} layers, {int(wb.params.sum()):,} weights"
 
@@ -382,11 +423,48 @@ def _on_RunFinished(self:ExplorerState, ev):
     self.message = (f"{ev.status} · val {ev.acc:.2%}{drop} · size {ev.costs.get('size_frac', float('nan')):.1%} of INT8"
                     + (f" · {ev.reason}" if ev.reason else ""))
 
+# %% ../nbs/14_explorer.ipynb #e13a0031
+def run_peers(runs_dir:str|Path, # Folder of run records
+              wb:Workbench # Only runs of its data and model class
+             ) -> list[dict]:
+    "Finished runs of the workbench's data and model as zone-plane points (drop vs each run's own INT8 reference)."
+    from sigmaquant_lab.runs import list_runs
+    out = []
+    for r in list_runs(runs_dir):
+        if not r.get("finished") or r.get("status") in (None, "CANCELLED", "CORRUPT", "RUNNING") or r.get("acc") is None: continue
+        if r.get("data") != wb.data.name or r.get("model") != type(wb.model).__name__ or r.get("size_frac") is None: continue
+        try: ref = json.loads((Path(r["path"])/"result.json").read_text())["reference"]["acc_val"]
+        except (OSError, KeyError, TypeError, json.JSONDecodeError): continue
+        label = "saved" if r.get("saved_from") == "explorer" else r.get("method", "run")
+        out.append(dict(label=label, method=r.get("method", "other"), size_frac=float(r["size_frac"]), acc=float(r["acc"]),
+                        drop_pt=float((ref - r["acc"]) * 100), run=r.get("name", "")))
+    return out
+
+@patch
+def _known_peers(self:ExplorerState, wb:Workbench) -> tuple:
+    "Peers known when a workbench loads: finished runs in `runs_dir` and ladder points already measured with the current epochs."
+    try: runs = run_peers(self.runs_dir, wb)
+    except OSError: runs = []
+    ladder = [p for p in wb.ladder.values() if p["epochs"] == max(1, int(self.epochs))]
+    return tuple(ladder + runs)
+
+def _peer_key(p:dict) -> tuple: return (p.get("method"), p.get("label"), p.get("run"))
+
+@patch
+def _on_PeerFound(self:ExplorerState, ev):
+    s = self.snapshot
+    if s is None: return
+    k = _peer_key(ev.peer)
+    self.snapshot = replace(s, peers=tuple(p for p in s.peers if _peer_key(p) != k) + (dict(ev.peer),))
+
 # %% ../nbs/14_explorer.ipynb #12e55bab
 @patch
 def load(self:ExplorerState, wait:bool=False):
     "Load the selected dataset and model: now (`wait`) or in a background thread whose result `poll()` applies."
     self._stop_worker()
+    if self.given:                               # your own model and data: never silently replaced
+        if self.workbench is not None: self.apply(WorkbenchLoaded(self.workbench))
+        return
     name = self.data_path.strip() if self.dataset == "path" else self.dataset
     if not name:
         self.apply(Notice("error", "no dataset path given -- fix: type the path of an ImageFolder folder or a .zip of one")); return
@@ -433,7 +511,8 @@ def _start_pending(self:ExplorerState):
     if self.worker is not None: self._take(self.worker, self.worker.drain())
     self._resume = resume
     self.worker = SearchWorker(self.workbench.model, self.workbench.data, cfg, threads=self.threads, idle=self._idle,
-                               references=self.workbench.references).start()
+                               references=self.workbench.references, ladder=tuple(tuple(p) for p in self.ladder),
+                               ladder_cache=self.workbench.ladder).start()
     self.apply(Notice("running", "starting: INT8 reference …"))
 
 @patch
@@ -541,200 +620,110 @@ def _mac_changed(self:ExplorerState, *_):
 
 @patch
 def _data_changed(self:ExplorerState, *events):
+    if self.given: return                        # a given workbench: the pickers are not shown and changes are ignored
     if any(e.name == "dataset" for e in events) and self.dataset != "path":
         with param.discard_events(self): self.model_name = "digits_cnn" if self.dataset == "digits" else "resnet20"
     if self.dataset == "path" and not self.data_path.strip(): self._stop_worker(); return
     self.load()
 
-# %% ../nbs/14_explorer.ipynb #beeffa23
-import html
-import panel as pn
-import holoviews as hv
-from bokeh.models import ColumnDataSource, DataTable, TableColumn
-from bokeh.core.property.vectorization import field
+# %% ../nbs/14_explorer.ipynb #e13a0011
+@patch(cls_method=True)
+def for_model(cls:ExplorerState, model, # Your trained float model (any nn.Module with Conv2d/Linear layers; not changed)
+              data, # Anything `as_data` takes: DataBundle, Dataset, DataLoader, (x, y)
+              name:str|None=None, # Model name for labels (default: its class name)
+              settings=None, # `Settings` (default: `load_settings()`)
+              **params # Inputs: budgets (max_acc_drop, size_frac, energy_frac), bits, mac, lam, epochs, ...
+             ) -> ExplorerState:
+    "A state on your own model and data (the dataset/model inputs are off)."
+    import torch.nn as nn
+    if not isinstance(model, nn.Module): raise SQError(f"{type(model).__name__} is not a torch nn.Module", "pass your trained model (an nn.Module)")
+    if not any(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules()):
+        raise SQError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize", "pass a CNN with Conv2d/Linear layers")
+    s = settings or load_settings()
+    bundle = as_data(data, settings=s)
+    m = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad(): m(bundle.normalize(bundle.x_val[:2]))
+    except Exception as e:
+        raise SQError(f"{type(model).__name__} cannot run on the data's inputs of shape {bundle.in_shape}: {type(e).__name__}: {e}",
+                      "pass data whose samples have the input shape your model expects") from None
+    st = cls(settings=s, **params)
+    with param.edit_constant(st): st.given = True
+    st.apply(WorkbenchLoaded(Workbench(bundle, m, name or type(model).__name__, HardwareConfig.from_settings(s))))
+    return st
 
-STRUCTURE_FIELDS = dict(kl=("layers", "cand_bits", "kl"))   # a change of these rebuilds the view (default: layers)
+# %% ../nbs/14_explorer.ipynb #e13a0021
+@dataclass(frozen=True)
+class Kept(Event):
+    "A decision written to disk (a run record, an exported file)."
+    what:str; path:str
 
-class _View:
-    "One view: rendered once by HoloViews, then updated in place from `ViewData`."
-    def __init__(self, name:str, snap:Snapshot, doc=None):
-        self.name, self.snap = name, snap
-        el = VIEWS[name](snap)
-        self.plot = hv.renderer("bokeh").get_plot(el, doc=doc)
-        self.subplots = list(self.plot.subplots.values()) if isinstance(el, hv.Overlay) else [self.plot]
-        self.plot.state.css_classes = [f"sq-view-{name}"]            # a handle for browser tests
-        self.pane = pn.pane.Bokeh(self.plot.state, sizing_mode="stretch_width", height=290)
-        self.slow, self.drawn_at = 0, time.perf_counter()   # slow: layers HoloViews had to compute (columns did not match)
-        for sp, fields in zip(self.subplots, VIEW_DATA[name](snap).fields):   # styles the columns drive, even if constant so far
-            if fields and "glyph" in sp.handles: sp.handles["glyph"].update(**{k: field(c) for k, c in fields.items()})
+@patch
+def _on_Kept(self:ExplorerState, ev): self._log("Saved", f"{ev.what}: {ev.path}")
 
-    def structure_changed(self, snap:Snapshot) -> bool:
-        "Whether `snap` needs a new plot (other layers or, for the KL view, another table)."
-        for f in STRUCTURE_FIELDS.get(self.name, ("layers",)):
-            a, b = getattr(self.snap, f), getattr(snap, f)
-            if a is not b and (isinstance(a, np.ndarray) or isinstance(b, np.ndarray) or a != b): return True
-        return False
+@patch
+def last_result(self:ExplorerState):
+    "The finished refinement (a `SearchResult` with its quantized `model`) whose map the views show, or None."
+    w, s = self.worker, self.snapshot
+    if w is None or w.superseded or s is None: return None          # (the worker may still be measuring the uniform ladder)
+    r = w.result
+    if r is None or r.status == "CANCELLED" or getattr(r, "model", None) is None: return None
+    return r if tuple(int(r.bits.get(n, b)) for n, b in zip(s.layers, s.bits)) == tuple(s.bits) else None
 
-    def update(self, snap:Snapshot):
-        "Write the snapshot's `ViewData` into the Bokeh models."
-        d, els = VIEW_DATA[self.name](snap), None
-        for i, (sp, cols) in enumerate(zip(self.subplots, d.layers)):
-            if cols is None: continue                                  # a layer without a fast path only changes on rebuild
-            if set(cols) == {"location"}: sp.handles["glyph"].location = cols["location"]; continue
-            src = sp.handles.get("source")
-            if src is not None and set(cols) == set(src.data): src.data = cols; continue
-            if els is None:                                            # columns differ (another HoloViews?): let HoloViews compute them
-                el = VIEWS[self.name](snap); els = list(el) if isinstance(el, hv.Overlay) else [el]
-            src.data = sp.get_data(els[i], sp.current_ranges or {}, sp.style[sp.cyclic_index])[0]; self.slow += 1
-        fig = self.plot.state
-        if fig.title is not None and fig.title.text != d.title: fig.title.text = d.title
-        for rng, r in ((fig.x_range, d.x_range), (fig.y_range, d.y_range)):
-            if r is not None and hasattr(rng, "start"): rng.update(start=r[0], end=r[1])
-        self.snap, self.drawn_at = snap, time.perf_counter()
+@patch
+def _kept(self:ExplorerState):
+    r = self.last_result()
+    if r is None: raise SQError("the current bit map has not been measured (a σ preview or a refinement still running)",
+                                "press Start and wait for the refinement to finish, then save or download")
+    return r
 
-LAYOUT = (("zone", "bits"), ("sigma", "kl"), ("energy", "latency"), ("costs", "log"))
+@patch
+def save_run(self:ExplorerState, out_dir:str|Path|None=None, # Folder of run records (default: `runs_dir`, like the CLI's --out: runs)
+             name:str|None=None # Run name (default: explorer-<timestamp>-<pid>, short enough for the `runs` table)
+            ) -> Path:
+    "Write the current (measured) map as a finished run record; returns its folder."
+    from sigmaquant_lab.runs import RunDir
+    from dataclasses import asdict
+    r, wb = self._kept(), self.workbench
+    out_dir = self.runs_dir if out_dir is None else out_dir
+    run = RunDir.create(out_dir, name, prefix="explorer")
+    try:
+        conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
+                    in_shape=list(wb.data.in_shape), saved_from="explorer", splits=wb.note,
+                    **({"model_name": wb.model_name} if wb.model_name in MODEL_NAMES else {}))
+        run.write_json("config.json", conf)
+        run.write_json("bits.json", r.bits)
+        run.save_torch("model.pt", r.model.state_dict())
+        run.write_json("result.json", asdict(r) | {"run_dir": str(run.final_path)})
+        c = r.costs
+        run.write_json("manifest.json", dict(name=run.name, method=r.method, status=r.status, started=time.time() - r.wall_s, finished=time.time(),
+                                             data=wb.data.name, model=type(wb.model).__name__, budget=r.config.get("budget"), acc=r.acc,
+                                             test_acc=r.test_acc, size_frac=c["size_frac"], wall_s=r.wall_s, saved_from="explorer",
+                                             **{k: c[k] for k in ("energy_frac", "latency_frac") if k in c}))
+        run.finish()
+    except BaseException:
+        run.abort(); raise
+    self.apply(Kept("run record", str(run.path)))
+    for pt in run_peers(run.path.parent, wb):
+        if pt["run"] == run.name: self.apply(PeerFound(pt))
+    return run.path
 
-class ExplorerApp(pn.viewable.Viewer):
-    "The explorer in Panel: widgets from `ExplorerState`, views updated in place, a periodic callback draining the worker."
-    state = param.ClassSelector(class_=ExplorerState, doc="The state this app shows (a new one by default)")
-    period_ms = param.Integer(200, bounds=(20, 5000), doc="How often the worker's events are drained")
-    render_budget_s = param.Number(0.02, bounds=(0, None), doc="Redraw time per tick; views still stale are drawn on the next ticks")
-
-    def __init__(self, state:ExplorerState|None=None, # State to show (default: a new `ExplorerState()`)
-                 wait:bool=True, # Load the dataset before returning (False: in the background)
-                 **params):
-        super().__init__(state=state if state is not None else ExplorerState(), **params)
-        st, self.views, self._cb, self._deferred, self._log_shown = self.state, {}, None, False, None
-        self._log_source = ColumnDataSource({c: [] for c in LOG_COLUMNS})
-        widths = dict(t_s=45, event=90, phase=75, step=35, acc=110, size=45, energy=50, latency=50, decision=320)
-        self._log = pn.pane.Bokeh(DataTable(source=self._log_source, columns=[TableColumn(field=c, title=c, width=widths[c]) for c in LOG_COLUMNS],
-                                            index_position=None, sizing_mode="stretch_width", height=290, scroll_to_selection=True,
-                                            autosize_mode="none", css_classes=["sq-log"]), sizing_mode="stretch_width", height=290)
-        self._progress = pn.indicators.Progress(value=0, max=100, sizing_mode="stretch_width", bar_color="primary", css_classes=["sq-progress"])
-        self._status = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["sq-status"])   # HTML: no Markdown parsing per update
-        self._alert = pn.pane.Alert("", alert_type="danger", visible=False, sizing_mode="stretch_width", css_classes=["sq-alert"])
-        self._main = pn.Column(pn.pane.Markdown("Loading …"), sizing_mode="stretch_width")
-        self._buttons = dict(start=pn.widgets.Button(name="Start", button_type="primary", css_classes=["sq-start"]),
-                             cancel=pn.widgets.Button(name="Cancel", button_type="warning", css_classes=["sq-cancel"]),
-                             resume=pn.widgets.Button(name="Resume", button_type="default", css_classes=["sq-resume"]))
-        self._buttons["start"].on_click(lambda e: self._act(self.state.refine))
-        self._buttons["cancel"].on_click(lambda e: self._act(self.state.cancel))
-        self._buttons["resume"].on_click(lambda e: self._act(lambda: self.state.refine(resume=True)))
-        self._layout = pn.Row(self._sidebar(), self._main, sizing_mode="stretch_width")
-        st.param.watch(self._on_snapshot, "snapshot")
-        st.param.watch(self._on_status, ["status", "progress", "message"])
-        if st.snapshot is None and st.workbench is None and not st.busy(): st.load(wait=wait)
-        self.render(); self._on_status()
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
-            pn.state.on_session_destroyed(self._destroyed)
-        pn.state.onload(self.start)
-
-    def _sidebar(self):
-        st, w = self.state, pn.widgets
-        c = dict(sizing_mode="stretch_width")
-        return pn.Column(
-            pn.pane.Markdown("### SigmaQuant explorer\nBudgets vs INT8; a change re-clusters at once and restarts a short refinement.", **c),
-            w.Select.from_param(st.param.dataset, css_classes=["sq-dataset"], **c),
-            w.TextInput.from_param(st.param.data_path, placeholder="path/to/imagefolder or .zip", visible=st.param.dataset.rx() == "path", **c),
-            w.Select.from_param(st.param.model_name, css_classes=["sq-model"], **c),
-            w.FloatSlider.from_param(st.param.max_acc_drop, throttled=True, format="0.00%", css_classes=["sq-acc"], **c),
-            w.FloatSlider.from_param(st.param.size_frac, throttled=True, format="0%", css_classes=["sq-size"], **c),
-            w.FloatSlider.from_param(st.param.energy_frac, throttled=True, format="0.00", css_classes=["sq-energy"], **c),
-            pn.pane.Markdown("Candidate bits", margin=(0, 10)),
-            w.CheckButtonGroup.from_param(st.param.bits, css_classes=["sq-bits"], **c),
-            pn.pane.Markdown("MAC type", margin=(0, 10)),
-            w.RadioButtonGroup.from_param(st.param.mac, css_classes=["sq-mac"], **c),
-            w.FloatSlider.from_param(st.param.lam, throttled=True, css_classes=["sq-lam"], **c),
-            w.IntSlider.from_param(st.param.epochs, throttled=True, css_classes=["sq-epochs"], **c),
-            w.IntSlider.from_param(st.param.max_steps, throttled=True, **c),
-            w.Checkbox.from_param(st.param.auto_refine),
-            pn.Row(*self._buttons.values(), **c),
-            self._progress, self._status, self._alert, width=320)
-
-    # --- state → views (UI thread only) ------------------------------------------------------
-    def _build(self, snap:Snapshot):
-        "Render every view from `snap` (first snapshot, or other layers)."
-        doc = pn.state.curdoc
-        self.views = {v: _View(v, snap, doc) for v in VIEWS}
-        rows = [pn.Row(*[self._log if v == "log" else self.views[v].pane for v in row], sizing_mode="stretch_width") for row in LAYOUT]
-        self._main.objects = rows
-
-    def _act(self, f):
-        "Run a button action, then apply what it caused."
-        f(); self.tick()
-
-    def _on_snapshot(self, *_):
-        if not self._deferred: self.render()        # inside tick(): rendered once, after all events are applied
-
-    def render(self, budget_s:float|None=None):
-        "Bring the views up to the current snapshot, in place (rebuilt when their structure changed); stop after `budget_s` s."
-        new = self.state.snapshot
-        if new is None: return
-        t0 = time.perf_counter()
-        with self.state.priority(), pn.io.hold():
-            if new.log is not self._log_shown: self._show_log(new.log)
-            if not self.views or any(v.structure_changed(new) for v in self.views.values() if v.name != "kl"):
-                self._build(new)
-            else:
-                stale = [n for n, v in self.views.items() if (n == "kl" and v.structure_changed(new)) or n in changed_views(v.snap, new)]
-                for i, name in enumerate(sorted(stale, key=lambda n: self.views[n].drawn_at)):   # least recently drawn first
-                    if budget_s is not None and i and time.perf_counter() - t0 > budget_s: break   # the rest: next tick
-                    v = self.views[name]
-                    if name == "kl" and v.structure_changed(new):
-                        nv = self.views[name] = _View(name, new, pn.state.curdoc)
-                        v.pane.object = nv.plot.state; nv.pane = v.pane
-                    else: v.update(new)
-        if pn.state.curdoc is None or pn.state.curdoc.session_context is None:
-            pn.io.push_notebook(self._layout)     # a notebook: send the in-place changes through the comm
-
-    def stale(self) -> list[str]:
-        "Views not yet showing the current snapshot."
-        new = self.state.snapshot
-        return [] if new is None else [n for n, v in self.views.items() if n in changed_views(v.snap, new) or v.structure_changed(new)]
-
-    def _show_log(self, rows:tuple):
-        "New log rows are streamed into the table's source (oldest first; the last row is selected, so it scrolls into view)."
-        old, src = self._log_shown or (), self._log_source
-        n = len(old)
-        cols = lambda rs: {c: [str(r.get(c, "")) for r in rs] for c in LOG_COLUMNS}
-        if old and len(rows) >= n and rows[n - 1] is old[-1]:
-            if len(rows) > n: src.stream(cols(rows[n:]))
-        else: src.data = cols(rows)
-        if rows: src.selected.indices = [len(rows) - 1]
-        self._log_shown = rows
-
-    def _on_status(self, *_):
-        "Mirror status, progress and message in the sidebar (only what changed: each change is a message to the browser)."
-        st = self.state
-        def put(obj, **kw):
-            kw = {k: v for k, v in kw.items() if getattr(obj, k) != v}
-            if kw: obj.param.update(**kw)
-        put(self._progress, value=int(round(st.progress * 100)), active=st.status in ("loading", "cancelling"))
-        put(self._status, object=f"<p><b>{st.status}</b>" + (f" · {html.escape(st.message)}" if st.message else "") + "</p>")
-        put(self._alert, visible=st.status == "error", **({"object": st.message} if st.status == "error" else {}))
-        put(self._buttons["cancel"], disabled=st.status not in ("running", "cancelling"))
-
-    # --- periodic callback and session ---------------------------------------------------------
-    def start(self):
-        "Start draining the worker every `period_ms` (on page load; in a notebook at once)."
-        if self._cb is None: self._cb = pn.state.add_periodic_callback(self.tick, period=self.period_ms)
-
-    def tick(self):
-        "One periodic-callback step: apply what the worker reported, then redraw what changed."
-        try:
-            with self.state.priority(), pn.io.hold():    # all changes of one tick leave as one message
-                self._deferred = True
-                try: self.state.poll()
-                finally: self._deferred = False
-                self.render(self.render_budget_s)      # a slider message waits at most this long behind a tick
-        except Exception:
-            logger.exception("explorer tick failed")
-
-    def _destroyed(self, session_context):
-        self.state.close()
-        if self._cb is not None: self._cb.stop()
-
-    def __panel__(self): return self._layout
+@patch
+def export_current(self:ExplorerState, folder:str|Path, # Where to write the files
+                   what:tuple=("packed", "onnx") # Which files
+                  ) -> dict:
+    "Packed safetensors and/or ONNX of the current (measured) map: {kind: Path}."
+    from sigmaquant_lab.export import export_packed, export_onnx
+    r, wb = self._kept(), self.workbench
+    folder = Path(folder).expanduser(); folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{wb.model_name}-{r.method}-{r.costs['size_frac']:.0%}".replace("%", "pct")
+    out = {}
+    if "packed" in what:
+        out["packed"] = Path(export_packed(r.model, folder/f"{stem}.packed.safetensors",
+                                           meta=dict(model_name=wb.model_name, data=wb.data.name, method=r.method,
+                                                     num_classes=wb.data.num_classes, in_shape=list(wb.data.in_shape)))["path"])
+    if "onnx" in what: out["onnx"] = Path(export_onnx(r.model, folder/f"{stem}.onnx", wb.data.in_shape)["path"])
+    return out
 
 # %% ../nbs/14_explorer.ipynb #34be8a4d
 def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook
@@ -746,10 +735,11 @@ def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook
     host = host or s.str("explorer", "host"); port = int(port if port is not None else s.int("explorer", "port"))
     return ["panel", "serve", str(notebook), "--address", host, "--port", str(port), "--allow-websocket-origin", f"{host}:{port}"]
 
-def serve(host:str|None=None, port:int|None=None, show:bool=False, settings=None, **kw):
-    "Serve the explorer from Python (blocking); every session gets its own `ExplorerApp`."
-    s = settings or load_settings()
-    host = host or s.str("explorer", "host"); port = int(port if port is not None else s.int("explorer", "port"))
-    pn.extension()
-    return pn.serve(lambda: ExplorerApp(wait=False), address=host, port=port, websocket_origin=[f"{host}:{port}"], show=show,
-                    title="SigmaQuant explorer", **kw)
+_APP_NAMES = ("ExplorerApp", "LAYOUT", "STRUCTURE_FIELDS", "serve", "explore")
+
+def __getattr__(name:str):
+    "The app's names, loaded (with Panel) on first access, so `from sigmaquant_lab.explorer import ExplorerApp` keeps working."
+    if name in _APP_NAMES:
+        from sigmaquant_lab import explorer_app
+        return getattr(explorer_app, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

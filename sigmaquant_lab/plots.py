@@ -10,18 +10,30 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-import holoviews as hv
-import holoviews.plotting.bokeh  # registers the Bokeh options so `.opts` validates (no notebook output)
+
+class _LazyModule:
+    "A module imported on first attribute access: `Snapshot` and the view data need no HoloViews (the headless explorer imports in a fraction of the time)."
+    def __init__(self, name:str, *also:str): self._name, self._also, self._mod = name, also, None
+    def __getattr__(self, k):
+        if k.startswith("__"): raise AttributeError(k)
+        if self._mod is None:
+            import importlib
+            mod = importlib.import_module(self._name)
+            for n in self._also: importlib.import_module(n)
+            self._mod = mod
+        return getattr(self._mod, k)
+
+hv = _LazyModule("holoviews", "holoviews.plotting.bokeh")   # plotting.bokeh registers the Bokeh options so `.opts` validates
 
 from .core import SQError, Budget, check_bits
 from .hardware import CostModel, HWCosts, MAC_TYPES
 from .stats import kl_table
 
 # %% auto #0
-__all__ = ['MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'LOG_COLUMNS', 'VIEWS', 'VIEW_DATA',
-           'VIEW_FIELDS', 'Snapshot', 'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot', 'kl_data',
-           'kl_heatmap', 'bits_data', 'bits_plot', 'costs_data', 'costs_plot', 'hardware_data', 'hardware_plot',
-           'zone_bounds', 'zone_data', 'zone_plot', 'log_row', 'log_frame', 'changed_views']
+__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLOR', 'LOG_COLUMNS',
+           'VIEWS', 'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot', 'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot',
+           'kl_data', 'kl_heatmap', 'bits_data', 'bits_plot', 'costs_data', 'costs_plot', 'hardware_data',
+           'hardware_plot', 'zone_bounds', 'zone_data', 'zone_plot', 'log_row', 'log_frame', 'changed_views']
 
 # %% ../nbs/13_plots.ipynb #fed32710
 MAC_LABELS = {"shift_add": "shift-add", "int8": "INT8"}
@@ -47,6 +59,7 @@ class Snapshot:
     log:tuple=() # Run log rows (dicts)
     source:str="preview" # Where `bits` come from
     title:str="" # Dataset / model label
+    peers:tuple=() # Other maps for the zone plane: dicts with label, method, size_frac, drop_pt, acc (uniform ladder, other runs)
 
     @property
     def bit_map(self) -> dict: return dict(zip(self.layers, self.bits))
@@ -109,6 +122,7 @@ BITS_COLORS = {1: "#a50026", 2: "#d73027", 3: "#f46d43", 4: "#fdae61", 5: "#d9ef
 CLUSTER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 ZONE_COLORS = {"target": "#1a9850", "increase": "#fdae61", "decrease": "#74add1", "abandon": "#d73027"}
 PHASE_COLORS = {"phase1": "#7570b3", "phase2": "#d95f02", "fixed": "#666666"}
+PEER_COLOR = "#bbbbbb"   # peers on the zone plane (uniform ladder, other runs): grey squares, labelled
 
 _BASE = dict(responsive=True, height=260, toolbar=None, fontsize={"title": "10pt"})
 
@@ -240,9 +254,10 @@ def hardware_plot(s:Snapshot, metric:str="energy" # "energy" or "latency"
 
 # %% ../nbs/13_plots.ipynb #344ec6f5
 def zone_bounds(s:Snapshot) -> tuple:
-    "Axis ranges (x0, x1, y0, y1) of the zone plane: the budget, INT8 and every trajectory point."
-    xs = [p["size_frac"] * 100 for p in s.history if p["size_frac"] == p["size_frac"]]
-    ys = [p["drop_pt"] for p in s.history]
+    "Axis ranges (x0, x1, y0, y1) of the zone plane: the budget, INT8, every trajectory point and every peer."
+    pts = (*s.history, *s.peers)
+    xs = [p["size_frac"] * 100 for p in pts if p["size_frac"] == p["size_frac"]]
+    ys = [p["drop_pt"] for p in pts if p["drop_pt"] == p["drop_pt"]]
     bx, by = s.budget.size_frac * 100, s.budget.max_acc_drop * 100
     x0, x1 = min([0.0, *xs]), max([105.0, bx * 1.2, *xs]) + 2
     y0 = min([-1.0, *ys]) - 0.5
@@ -250,7 +265,7 @@ def zone_bounds(s:Snapshot) -> tuple:
     return x0, x1, y0, y1
 
 def zone_data(s:Snapshot) -> ViewData:
-    "Zone rectangles, zone labels, the trajectory path and its points."
+    "Zone rectangles, zone labels, peers (uniform ladder, other runs) with their labels, the trajectory path and its points."
     x0, x1, y0, y1 = zone_bounds(s)
     bx, by = s.budget.size_frac * 100, s.budget.max_acc_drop * 100
     zones = dict(left=[x0, x0, bx, bx], bottom=[y0, by, y0, by], right=[bx, bx, x1, x1], top=[by, y1, by, y1],
@@ -265,18 +280,28 @@ def zone_data(s:Snapshot) -> ViewData:
                 decision=["reference"] + [p["decision"] for p in h], acc=np.array([(s.ref or {}).get("acc_val", np.nan)] + [p["acc"] for p in h], float),
                 color=["#000000"] + [PHASE_COLORS.get(p["phase"], "#000000") for p in h],
                 dot=np.where(last, 14, 8), ring=list(np.where(last, "#000000", "#ffffff")), lw=np.where(last, 3, 1))
-    return ViewData((zones, labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps", (x0, x1), (y0, y1),
-                    ({"fill_color": "color"}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
+    pe = [p for p in s.peers if p["size_frac"] == p["size_frac"] and p["drop_pt"] == p["drop_pt"]]
+    peers = dict(size=np.array([p["size_frac"] * 100 for p in pe], float), drop=np.array([p["drop_pt"] for p in pe], float),
+                 label=[p["label"] for p in pe], method=[p.get("method", "") for p in pe], acc=np.array([p.get("acc", np.nan) for p in pe], float))
+    peer_labels = dict(x=peers["size"], y=peers["drop"], text=peers["label"])
+    return ViewData((zones, labels, peers, peer_labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps",
+                    (x0, x1), (y0, y1),
+                    ({"fill_color": "color"}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
 
 def zone_plot(s:Snapshot) -> hv.Overlay:
-    "Target / increase / decrease / abandon zones, the search trajectory and its last point (ringed)."
-    d = zone_data(s); zones, labels, path, dots = d.layers
+    "Target / increase / decrease / abandon zones, peers (squares: uniform W_xA_y ladder, other runs), the search trajectory and its last point (ringed)."
+    d = zone_data(s); zones, labels, peers, peer_labels, path, dots = d.layers
     r = hv.Rectangles(zones, ["left", "bottom", "right", "top"], ["color"]).opts(color="color", alpha=0.18, line_alpha=0)
     t = hv.Labels(labels, ["x", "y"], "text").opts(text_color="#555555", text_font_size="9pt", text_alpha=0.8)
     pth = hv.Path([np.c_[path["xs"][0], path["ys"][0]]]).opts(color="#333333", line_width=1.5, alpha=0.8)
     pts = hv.Scatter(dots, "size", ["drop", "phase", "step", "decision", "acc", "color", "dot", "ring", "lw"]).opts(
         color="color", size="dot", line_color="ring", line_width="lw", tools=["hover"])
-    return (r * t * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
+    # one constant style: an empty colour column reaches BokehJS as a float array ("invalid color array") before any peer exists
+    pp = hv.Points(peers, ["size", "drop"], ["label", "method", "acc"]).opts(
+        color=PEER_COLOR, marker="square", size=9, line_color="#333333", alpha=0.85, tools=["hover"])
+    pl = hv.Labels(peer_labels, ["x", "y"], "text").opts(text_color="#333333", text_font_size="8pt", yoffset=0.0, text_align="left",
+                                                          text_baseline="bottom", xoffset=0.8)
+    return (r * t * pp * pl * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
                                     ylabel="accuracy drop vs INT8 (points)", title=d.title)
 
 # %% ../nbs/13_plots.ipynb #229ba35b
@@ -310,7 +335,7 @@ VIEW_DATA = dict(sigma=sigma_data, kl=kl_data, bits=bits_data, costs=costs_data,
 VIEW_FIELDS = dict(sigma=("layers", "sigma", "sigma_n", "clusters", "centroids", "lam"),
                    kl=("layers", "cand_bits", "kl", "bits"), bits=("layers", "params", "bits", "budget.size_frac", "hw", "source"),
                    costs=("hw", "budget.size_frac", "budget.energy_frac", "budget.latency_frac", "mac"), energy=("hw", "mac"),
-                   latency=("hw", "mac"), zone=("history", "budget.size_frac", "budget.max_acc_drop", "ref"), log=("log",))
+                   latency=("hw", "mac"), zone=("history", "budget.size_frac", "budget.max_acc_drop", "ref", "peers"), log=("log",))
 
 def _same(a, b) -> bool:
     if a is b: return True

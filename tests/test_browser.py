@@ -1,7 +1,9 @@
 """The explorer in a real browser: `panel serve nbs/explorer.ipynb` driven by headless Chromium through Playwright.
 
-Moves sliders, starts a refinement, waits for the views to change, cancels it, checks that a second browser
-session is independent and that the page logged no console errors, and saves a screenshot. Chromium is the
+Moves sliders, starts a refinement, waits for the views to change, cancels it, checks that a burst of fast key
+presses during a refinement leaves every view agreeing with the slider, that a second browser session is independent,
+that the page logged no console errors and asked for nothing off this machine (every non-localhost request is
+blocked, as on an offline machine), and saves a screenshot. Chromium is the
 system package (`/usr/bin/chromium`, installed with apt-get when missing and running as root); Playwright's
 own browser download is not used. Set SIGMAQUANT_UPDATE_SCREENSHOT=1 to also write nbs/images/explorer.png.
 """
@@ -85,6 +87,24 @@ def _run_browser(h, sync_playwright, exe, tmp_path, settings, t_start):
         assert "idle" in b.status() and b.slider_value("size") == pytest.approx(0.35)
         assert a.slider_value("size") == pytest.approx(0.27)
 
+        # a burst of fast size key presses while a refinement runs: once the server has caught up, every view that
+        # shows the size budget (zone plane, bits, costs) shows the slider's final value, none an older one
+        a.click("start"); a.wait_status("running", timeout_s=30)
+        h_size = a.handle("size"); h_size.focus()
+        for key in ["ArrowRight"] * 5 + ["ArrowLeft"] * 2:
+            a.page.keyboard.press(key, delay=15)
+        agree, end = None, time.monotonic() + 20
+        while time.monotonic() < end:
+            v, titles = a.slider_value("size"), a.view_titles()
+            want = f"{round(v * 100)}%"
+            agree = {n: titles.get(n, "") for n in ("zone", "bits", "costs")}
+            if all(want in agree[n] for n in ("bits", "costs")) and f"size ≤ {want}" in agree["zone"]: break
+            a.page.wait_for_timeout(200)
+        else: raise AssertionError(f"views disagree with the size slider ({v}) after a key burst: {agree}")
+        assert v > 0.275, v                                              # the burst moved the slider
+        a.click("cancel"); a.wait_status("cancelled", "done", timeout_s=30)
+        a.move_to("size", 0.27, 0.01)
+
         # the same run to its end, one epoch per cycle, for the screenshot
         a.press("epochs", "ArrowLeft")
         a.page.wait_for_timeout(300); a.click("start")
@@ -92,11 +112,12 @@ def _run_browser(h, sync_playwright, exe, tmp_path, settings, t_start):
         a.page.wait_for_timeout(1500)                                   # let the last views draw
         shot = tmp_path/"explorer.png"
         a.page.screenshot(path=str(shot), full_page=True)
-        errors = a.errors + b.errors
+        errors, blocked = a.errors + b.errors, a.blocked + b.blocked
         browser.close()
     assert shot.stat().st_size > 20_000
     if os.environ.get("SIGMAQUANT_UPDATE_SCREENSHOT"):
         (ROOT/"nbs"/"images").mkdir(exist_ok=True); shutil.copy(shot, ROOT/"nbs"/"images"/"explorer.png")
     assert not errors, errors
+    assert not blocked, f"the page asked for resources off this machine: {blocked}"
     assert "Traceback" not in srv.log(), srv.log()[-3000:]
     print(f"browser test: {time.perf_counter() - t_start:.0f} s, cancel visible after {cancel_s:.2f} s")

@@ -149,3 +149,48 @@ def test_explorer_notebook_in_jupyter_kernel():
     mimes = {m for o in outs for m in o.get("data", {})}
     assert mimes & {"application/vnd.holoviews_exec.v0+json", "text/html"}, mimes      # the app rendered inline
     assert any("STATUS done" in o.get("text", "") for o in outs)
+
+
+def test_headless_explorer_imports_without_ui_stack():
+    "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names still resolve from `explorer`."
+    import subprocess, sys
+    code = ("import sys, sigmaquant_lab.explorer as e; assert not {'panel','holoviews','bokeh'} & set(sys.modules), sorted(sys.modules);"
+            "from sigmaquant_lab.explorer import ExplorerState, SearchWorker, WorkbenchLoaded, serve_command;"
+            "from sigmaquant_lab.explorer import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+@pytest.mark.timeout(240)
+def test_explore_own_model_save_and_downloads(workbench, tmp_path, capsys):
+    "explore() on a model and an (x, y) pair: the sidebar names it, a budget moves, a refinement ends; Save run is listed by `sigmaquant-lab runs` and exports with `sigmaquant-lab export`; the ONNX download loads in onnxruntime."
+    import onnxruntime as ort
+    import panel as pn
+    from sigmaquant_lab.cli import main
+    from sigmaquant_lab.explorer_app import explore
+    wb = workbench
+    app = explore(wb.model, (wb.data.x_train, wb.data.y_train), name="digits_cnn", auto_refine=False, runs_dir=str(tmp_path/"runs"))
+    st = app.state
+    assert st.given and st.workbench.model is not wb.model and st.workbench.model_name == "digits_cnn"
+    assert not [o for o in app._layout[0].objects if isinstance(o, pn.widgets.Select)]     # no dataset/model picker
+    assert "digits_cnn" in app._layout[0].objects[1].object
+    st.max_acc_drop = 0.03
+    assert "drop ≤ 3.00 pt" in app.views["zone"].plot.state.title.text
+    st.refine()
+    end = time.monotonic() + 150
+    while (st.busy() or app.stale()) and time.monotonic() < end: app.tick(); time.sleep(0.05)
+    assert st.status == "done", (st.status, st.message)
+    run = app.save_run()
+    assert run is not None and run.is_dir()
+    capsys.readouterr()
+    assert main(["runs", "--out", str(tmp_path/"runs")]) == 0
+    listing = capsys.readouterr().out
+    assert run.name in listing and "sigmaquant" in listing, listing
+    assert main(["export", run.name, "--out", str(tmp_path/"runs")]) == 0    # a built-in model's record rebuilds like a CLI run's
+    assert (run/"model.packed.safetensors").stat().st_size > 0
+    f = app._file("onnx")
+    sess = ort.InferenceSession(f, providers=["CPUExecutionProvider"])
+    x = wb.data.normalize(wb.data.x_val[:16]).numpy()
+    out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    assert out.shape == (16, wb.data.num_classes)
+    st.close()
