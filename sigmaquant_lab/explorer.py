@@ -23,6 +23,7 @@ from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
+from .options import OPTIONS, widget_bounds
 from .search import search, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
@@ -250,14 +251,15 @@ class ExplorerState(param.Parameterized):
     dataset = param.Selector(default="digits", objects=["digits", "cifar10", "path"], doc="Dataset (cifar10 is offered when its archive exists)")
     data_path = param.String(default="", doc="ImageFolder folder or .zip, used when dataset is 'path'")
     model_name = param.Selector(default="digits_cnn", objects=list(MODEL_NAMES), label="Model")
-    max_acc_drop = param.Number(0.01, bounds=(0.0, 0.1), step=0.0025, label="Max accuracy drop vs INT8")
-    size_frac = param.Number(0.35, bounds=(0.12, 1.0), step=0.01, label="Size budget (fraction of INT8)")
-    energy_frac = param.Number(1.0, bounds=(0.3, 1.5), step=0.01, label="Energy budget (fraction of INT8, simulated)")
+    # budget sliders: ends inside the CLI's option spec (options.OPTIONS), defaults from settings.ini (see __init__)
+    max_acc_drop = param.Number(0.01, bounds=widget_bounds("max_acc_drop", hi=0.1), step=0.0025, label="Max accuracy drop vs INT8")
+    size_frac = param.Number(0.35, bounds=widget_bounds("size_frac", lo=0.12), step=0.01, label="Size budget (fraction of INT8)")
+    energy_frac = param.Number(1.0, bounds=widget_bounds("energy_frac", lo=0.3, hi=1.5), step=0.01, label="Energy budget (fraction of INT8, simulated)")
     bits = param.ListSelector(default=[2, 4, 6, 8], objects=[1, 2, 3, 4, 5, 6, 7, 8], label="Candidate bits")
     mac = param.Selector(default="shift_add", objects={MAC_LABELS[m]: m for m in MAC_TYPES}, label="MAC type")
     lam = param.Number(0.0, bounds=(0.0, 1.0), step=0.05, label="λ (Phase-1 cluster balance)")
-    epochs = param.Integer(1, bounds=(1, 8), label="QAT epochs per round / step")
-    max_steps = param.Integer(8, bounds=(1, 40), label="Max refinement steps")
+    epochs = param.Integer(1, bounds=widget_bounds("e2", lo=1, hi=8), label="QAT epochs per round / step")
+    max_steps = param.Integer(8, bounds=widget_bounds("max_steps", lo=1, hi=40), label="Max refinement steps")
     auto_refine = param.Boolean(True, label="Refine on every change")
     fp_epochs = param.Integer(6, bounds=(1, 200), precedence=-1, doc="Float training epochs when no cached model exists")
     train_limit = param.Integer(2000, bounds=(100, None), allow_None=True, precedence=-1, doc="Training images kept for big datasets (refinements stay interactive on a CPU)")
@@ -274,6 +276,9 @@ class ExplorerState(param.Parameterized):
 
     def __init__(self, settings=None, **params):
         s = settings or load_settings()
+        # defaults live in settings.ini: the budgets from [search], the interactive knobs from [explorer]
+        for n in ("max_acc_drop", "size_frac"): params.setdefault(n, OPTIONS[n].default(s))
+        for n in ("epochs", "max_steps", "fp_epochs", "train_limit"): params.setdefault(n, s.int("explorer", n))
         super().__init__(**params)
         ds = available_datasets(s)
         self.param.dataset.objects = ds + ([self.dataset] if self.dataset not in ds else [])   # per instance

@@ -19,8 +19,8 @@ from .search import SearchConfig
 from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
-__all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'parse_field',
-           'apply_sets']
+__all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'widget_bounds',
+           'parse_field', 'apply_sets']
 
 # %% ../nbs/11a_options.ipynb #op05aa
 @dataclass(frozen=True)
@@ -171,6 +171,18 @@ def option_values(args, # Parsed arguments
                  ) -> dict:
     "{name: typed, checked value or None (not given)}; a bad value is an SQError naming its flag."
     return {n: OPTIONS[n].parse(getattr(args, OPTIONS[n].dest, None)) for n in names}
+
+# %% ../nbs/11a_options.ipynb #op08bb
+def widget_bounds(name:str, # Option name (key of `OPTIONS`)
+                  lo:float|None=None, # Practical lower end of a slider (narrowed to the option's bounds)
+                  hi:float|None=None # Practical upper end
+                 ) -> tuple:
+    "A slider's ends inside the option's meaningful values: the spec's bounds, narrowed to a practical range (sliders need finite ends)."
+    o = OPTIONS[name]
+    a = o.lo if lo is None else (lo if o.lo is None else max(lo, o.lo))
+    b = o.hi if hi is None else (hi if o.hi is None else min(hi, o.hi))
+    if a is None or b is None or a > b: raise SQError(f"no slider range for {o.flag}: ({a}, {b})", "give finite lo <= hi inside the option's bounds")
+    return (a, b)
 
 # %% ../nbs/11a_options.ipynb #op12aa
 import dataclasses

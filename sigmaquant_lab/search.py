@@ -21,7 +21,8 @@ from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, qu
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
-from .data import check_splits
+from .data import DataBundle, check_splits
+from .dataforms import as_data
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
 
 # %% auto #0
@@ -634,7 +635,7 @@ def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
                  bits=int(bits[n]), a_bits=ab.get(n), kl=float(k)) for i, (n, p, r, sn, k) in enumerate(zip(ctx.layers, ctx.params, raw, s, kl))]
 
 def search(model:nn.Module, # Trained float model (left unchanged)
-           data, # DataBundle (train/val/test)
+           data, # DataBundle (train/val/test), or a Dataset, DataLoader or (x, y) pair (`dataforms.as_data` carves the splits)
            cfg:SearchConfig, # Method config (its type picks the strategy)
            *, on_event:Callable|list|None=None, # Observer of every event (or a list to append to)
            cancel=None, # threading.Event-like; checked between and inside QAT epochs
@@ -649,6 +650,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     "Run the search method `cfg` names on `model` and `data`."
     strat = strategy_for(cfg)
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
+    if not isinstance(data, DataBundle) and not hasattr(data, "loader"): data = as_data(data)   # the same data forms as `explore`
     strat.validate(model, data)
     hw = cost_model(model, data, cfg)
     if hasattr(data, "split"): check_splits(data)             # too few images to train and judge a model

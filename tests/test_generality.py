@@ -135,3 +135,17 @@ def test_conv1d_left_in_float(digits, tmp_path):
     assert set(res.bits) == {"c2", "fc"} and isinstance(res.model.c1, nn.Conv1d)
     assert res.costs["float_layers"] == ["c1"] and res.costs["float_bytes"] == 4 * (8 * 8 * 3 + 8)
     assert "c1 kept in float" in res.summary()
+
+
+def test_search_takes_the_data_forms_explore_takes():
+    "search() takes (x, y) tensors, a Dataset or a DataLoader as explore does: the splits are carved the same way."
+    from torch.utils.data import TensorDataset, DataLoader
+    from sklearn.datasets import load_digits
+    d = load_digits(); x = torch.tensor(d.images[:600], dtype=torch.float32).unsqueeze(1) / 16; y = torch.tensor(d.target[:600])
+    cfg = replace(CFG, budget=Budget(max_acc_drop=0.05, size_frac=0.5))
+    got, model = [], TiedCNN()
+    for form in ((x, y), TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=50)):
+        res = search(model, form, cfg)
+        _within(res, cfg.budget)
+        got.append((res.reference["acc_val"], res.bits))
+    assert got[0] == got[1] == got[2]            # one carving, whatever the form
