@@ -288,7 +288,10 @@ def load_digits_bundle(val_frac:float=0.2, # Fraction of the training split held
                       classes=[str(i) for i in range(10)], augment=False, mean=mean, std=std)
 
 # %% ../nbs/04_data.ipynb #bb8efc12
-from torchvision.datasets.folder import make_dataset, IMG_EXTENSIONS
+def _img_extensions() -> tuple:
+    "torchvision's ImageFolder extensions (torchvision loads on first use, ~1 s: importing the lab does not wait for it)."
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+    return IMG_EXTENSIONS
 
 _CACHE_FORMAT = 1
 
@@ -302,11 +305,12 @@ def _list_images(root:Path, # A folder of <class>/<image> (torchvision ImageFold
     if not classes:
         raise SQError(f"folder {root} has no class folders",
                       "lay images out as <class>/<image>, optionally under train/ and test/ (torchvision ImageFolder)")
-    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS, allow_empty=True)
+    from torchvision.datasets.folder import make_dataset
+    samples = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=_img_extensions(), allow_empty=True)
     counts = np.bincount([t for _, t in samples], minlength=len(classes))
     if (counts == 0).any():
         raise SQError(f"class folder {root/classes[int(np.argmin(counts))]} has no images",
-                      f"add images ({', '.join(IMG_EXTENSIONS[:3])}, ...) to it or delete the folder")
+                      f"add images ({', '.join(_img_extensions()[:3])}, ...) to it or delete the folder")
     if limit_per_class is not None:
         if int(limit_per_class) < 1: raise SQError(f"limit_per_class={limit_per_class} is not a positive integer", "give a count such as 100, or leave it out")
         seen, kept = np.zeros(len(classes), np.int64), []
@@ -437,7 +441,7 @@ def _tree_key(layout:dict) -> list:
         for dp, dns, fns in os.walk(d, followlinks=True):
             dns.sort()
             for fn in sorted(fns):
-                if fn.lower().endswith(IMG_EXTENSIONS):
+                if fn.lower().endswith(_img_extensions()):
                     st = os.stat(os.path.join(dp, fn))
                     h.update(f"{s}/{os.path.relpath(os.path.join(dp, fn), d)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return ["dir", h.hexdigest()]

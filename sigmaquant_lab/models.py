@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 import torch.nn.functional as F
-import torchvision
 
 from .core import SQError
 
@@ -107,6 +106,7 @@ MODEL_NAMES = ("digits_cnn", "resnet20")
 
 def torchvision_model_names() -> list[str]:
     "Names of torchvision's classification models."
+    import torchvision     # loaded on first use (~1 s): importing the lab does not wait for it
     return torchvision.models.list_models(module=torchvision.models)
 
 def _set_module(model:nn.Module, name:str, new:nn.Module):
@@ -169,6 +169,7 @@ def get_model(name:str, # "digits_cnn", "resnet20", or a torchvision classificat
     if key == "digits_cnn": model = DigitsCNN(num_classes, in_channels=c)
     elif key == "resnet20": model = resnet20(num_classes, in_channels=c)
     elif key in torchvision_model_names():
+        import torchvision
         try: model = torchvision.models.get_model(key, weights=None, num_classes=num_classes)
         except Exception as e:
             raise SQError(f"torchvision model {key} cannot be built with num_classes={num_classes}: {e}", "choose another model") from None
