@@ -246,6 +246,30 @@ def cancel_latency(dataset:str="digits", model_name:str="digits_cnn", runs:int=5
                 median_ms=round(statistics.median(lat), 1), max_ms=round(max(lat), 1), all_ms=[round(x, 1) for x in lat],
                 start_to_phase1_s=[round(x, 2) for x in start])
 
+_EXPLORE = r"""
+import time, torch, torch.nn as nn, json
+from sklearn.datasets import load_digits
+t0 = time.perf_counter()
+from sigmaquant_lab.explorer_app import explore
+import panel as pn
+t_imp = time.perf_counter() - t0
+d = load_digits(); x = torch.tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16; y = torch.tensor(d.target)
+class MyNet(nn.Module):
+    def __init__(self):
+        super().__init__(); self.conv, self.fc = nn.Conv2d(1, 8, 3, padding=1), nn.Linear(8 * 16, 10)
+    def forward(self, x): return self.fc(nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+net = MyNet()
+t0 = time.perf_counter(); app = explore(net, (x, y), auto_refine=False, ladder=[]); t_call = time.perf_counter() - t0
+pn.panel(app).get_root(); t_views = time.perf_counter() - t0
+print(json.dumps(dict(import_s=round(t_imp, 2), explore_call_s=round(t_call, 2), explore_views_s=round(t_views, 2))))
+"""
+
+def time_explore() -> dict:
+    "`explore(model, (x, y))` in a fresh process: the imports a kernel pays once, then the call and the view models (a running kernel's cost)."
+    r = subprocess.run([sys.executable, "-c", _EXPLORE], capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    if r.returncode != 0: raise RuntimeError(r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
 # ---------------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -265,6 +289,7 @@ def main(argv=None):
     exe = ensure_chromium()
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    expl = time_explore()                  # target: views built in <= 5 s in a running kernel
     with ExplorerServer(notebook=Path(a.app)) as srv, sync_playwright() as pw:
         browser = launch(pw, exe)
         t0 = time.perf_counter(); app = App(browser, srv.url)
@@ -291,7 +316,8 @@ def main(argv=None):
                             affinity=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None),
                setup=dict(data="digits", model="digits_cnn", epochs_per_cycle=a.epochs, worker_threads=1, period_ms=200, presses=a.presses,
                           warmup=a.warmup, definition="keydown on a slider handle -> the browser receives the view update showing the new budget"),
-               first_paint_s=round(first_paint, 2), p95_ms=s["p95_ms"], page_load_s=round(t_load, 2), target_p95_ms=a.target_ms, overall=s, per_slider=per, console_errors=errors,
+               first_paint_s=round(first_paint, 2), p95_ms=s["p95_ms"], page_load_s=round(t_load, 2), target_p95_ms=a.target_ms,
+               target_first_paint_s=a.target_paint_s, meets_first_paint=first_paint <= a.target_paint_s, explore=expl, overall=s, per_slider=per, console_errors=errors,
                missed_key_presses=app.missed, cancel_click_to_page_s=round(cancel_page_s, 2), cancel_worker=cancels,
                meets_target=s["p95_ms"] <= a.target_ms and all(c["max_ms"] <= 1000 for c in cancels), wall_s=round(time.perf_counter() - t_start, 1), records=recs)
     (out/"explorer.json").write_text(json.dumps(res, indent=1))
@@ -302,7 +328,10 @@ def main(argv=None):
           f"refinement in the background ({a.epochs} QAT epochs per cycle, 1 torch thread). Target p95 ≤ {a.target_ms:.0f} ms: "
           f"{'met' if res['meets_target'] else 'NOT met'}. 1-min load average after the run: {res['machine']['loadavg_1m_after']} "
           f"(other processes share the machine); key presses the slider ignored and that were pressed again: {app.missed}. "
-          f"First paint (page requested → the plots drawn): {first_paint:.2f} s.\n\n"
+          f"First paint (page requested → the plots drawn): {first_paint:.2f} s (target ≤ {a.target_paint_s:g} s: "
+          f"{'met' if first_paint <= a.target_paint_s else 'NOT met'}). `explore(model, (x, y))` in a running kernel: "
+          f"{expl['explore_call_s']:.2f} s to the app, {expl['explore_views_s']:.2f} s to its view models (target ≤ 5 s; "
+          f"the kernel's first import of the app: {expl['import_s']:.2f} s).\n\n"
           + "\n".join(rows) + "\n\nCancel (target: the search thread ends within 1 s; click → 'cancelled' shown in the page "
           f"took {cancel_page_s:.2f} s); start → first Phase-1 QAT batch, first run (builds the INT8 reference) and later runs (reuse it):"
           "\n\n| data / model | train images | runs | cancel median ms | cancel max ms | start, first run s | start, later runs s |\n|---|---:|---:|---:|---:|---:|---:|\n"
