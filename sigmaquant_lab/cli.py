@@ -138,7 +138,7 @@ def _resume_setup(a, st):
     run_opts = option_values(a, ["device", "threads"])
     if run_opts["device"]: cfg = replace(cfg, device=run_opts["device"])
     if run_opts["threads"]: torch.set_num_threads(run_opts["threads"])
-    meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit")}
+    meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit", "val_frac")}
     data = get_data(meta["data_arg"], st, **_data_kwargs(meta["data_arg"], a.quiet, meta["image_size"], val_frac=meta.get("val_frac")))
     if meta["limit"]: data = data.subset(meta["limit"])
     model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
@@ -151,7 +151,8 @@ def cmd_search(a, out=None) -> int:
     if a.resume: return _run_search(a, out, *_resume_setup(a, st))
     # every option typed and checked first (one-line errors naming the flag); unset ones take their settings.ini default
     v = option_values(a, _DATA_OPTS + _BUDGET_OPTS + _SEARCH_OPTS + ["device", "threads"])
-    d = {k: (x if x is not None else OPTIONS[k].default(st)) for k, x in v.items()}
+    # an option given as `none` (e.g. --energy-frac none) switches a settings.ini value off; one not given takes it
+    d = {k: (x if x is not None or hasattr(a, OPTIONS[k].dest) else OPTIONS[k].default(st)) for k, x in v.items()}
     if v["threads"]: torch.set_num_threads(v["threads"])
     resolve_device(d["device"])
     budget = Budget(**{k: d[k] for k in _BUDGET_OPTS})

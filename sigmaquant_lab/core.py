@@ -50,7 +50,9 @@ def shipped_settings() -> Path|None:
     "The settings.ini shipped with the lab: the checkout's, or the copy a wheel installs under <prefix>/share/sigmaquant-lab."
     import sigmaquant_lab     # where the package lies (also when this runs in a notebook)
     root = Path(sigmaquant_lab.__file__).resolve().parent.parent
-    for p in (root/"settings.ini", Path(sys.prefix)/"share"/"sigmaquant-lab"/"settings.ini"):
+    import site, sysconfig    # a wheel's data files land under the scheme's data path: sys.prefix, /usr/local, ~/.local (pip --user)
+    shares = {Path(sys.prefix), Path(sysconfig.get_path("data")), Path(site.USER_BASE or sys.prefix)}
+    for p in (root/"settings.ini", *[s/"share"/"sigmaquant-lab"/"settings.ini" for s in shares]):
         if p.is_file() and "[search]" in p.read_text(): return p
     return None
 

@@ -169,19 +169,25 @@ def fit_budgets(ctx, # SearchContext (its cost model and budgets)
     def moved(m):
         k, n, v = m
         return ({**w, n: v}, a) if k == "w" else (w, {**a, n: v})
+    def candidates(step):   # one candidate down (step=1), or straight to the smallest (step=None)
+        pick = lambda cs, b: cs[cs.index(b) - 1] if step else cs[0]
+        mv = [("w", n, pick(wc, w[n])) for n in ctx.layers if n not in ctx.pinned and wc.index(w[n]) > 0]
+        if a is not None: mv += [("a", n, pick(ac, a[n])) for n in ctx.layers[1:] if ac.index(a[n]) > 0]
+        return mv
     while ctx.over(ctx.predict(w, a or a8)):
-        mv = [("w", n, wc[wc.index(w[n]) - 1]) for n in ctx.layers if n not in ctx.pinned and wc.index(w[n]) > 0]
-        if a is not None: mv += [("a", n, ac[ac.index(a[n]) - 1]) for n in ctx.layers[1:] if ac.index(a[n]) > 0]
-        if not mv: break
-        p = ctx.predict_batch([(x, y or a8) for x, y in map(moved, mv)])
-        e0 = excess(ctx.predict(w, a or a8))
-        def score(i):
-            k, n, v = mv[i]
-            below = max(0.0, (learned_w if k == "w" else learned_a)[n] - v)
-            return (e0 - excess({k2: p[k2][i] for k2 in lims})) * math.exp(-below)
-        best = max(range(len(mv)), key=lambda i: (score(i), -i))
-        if score(best) <= 0: break
-        w, a = moved(mv[best])
+        e0, best = excess(ctx.predict(w, a or a8)), None
+        # a one-step move that removes excess; where none does (e.g. a bit-serial PE whose cycles change only every k bits), a jump
+        for mv in (candidates(1), candidates(None)):
+            if not mv: continue
+            p = ctx.predict_batch([(x, y or a8) for x, y in map(moved, mv)])
+            def score(i):
+                k, n, v = mv[i]
+                below = max(0.0, (learned_w if k == "w" else learned_a)[n] - v)
+                return (e0 - excess({k2: p[k2][i] for k2 in lims})) * math.exp(-below)
+            i = max(range(len(mv)), key=lambda i: (score(i), -i))
+            if score(i) > 0: best = mv[i]; break
+        if best is None: break
+        w, a = moved(best)
     return w, a
 
 # %% ../nbs/10d_diffmp.ipynb #842ffe18
@@ -252,6 +258,8 @@ class DiffMP(Search):
             q = LearnedWidthQuantizer(m.weight, c.bits, delta=c.grad_delta).to(m.weight.device)
             q.n_per_channel = m.weight[0].numel()
             m.weight_quant = self.quants[n] = q
+        for d, t in ctx.ties.items():     # a shared weight is one unit: its copies compute with the same learned quantizer
+            if t in self.quants: self.orig[d] = ql[d].weight_quant; ql[d].weight_quant = self.quants[t]
         if ctx.search_act:
             for n in ctx.layers[1:]:      # the image input keeps its width
                 m = ql[n]

@@ -274,11 +274,17 @@ class ExplorerState(param.Parameterized):
     message = param.String("", constant=True)
     snapshot = param.ClassSelector(class_=Snapshot, default=None, allow_None=True, constant=True)
 
+    @classmethod
+    def _clip(cls, name, v):
+        "A settings default inside its slider's ends (a settings value beyond them starts the slider at its end)."
+        lo, hi = cls.param[name].bounds or (None, None)
+        return v if v is None else min(max(v, lo if lo is not None else v), hi if hi is not None else v)
+
     def __init__(self, settings=None, **params):
         s = settings or load_settings()
         # defaults live in settings.ini: the budgets from [search], the interactive knobs from [explorer]
-        for n in ("max_acc_drop", "size_frac"): params.setdefault(n, OPTIONS[n].default(s))
-        for n in ("epochs", "max_steps", "fp_epochs", "train_limit"): params.setdefault(n, s.int("explorer", n))
+        for n in ("max_acc_drop", "size_frac"): params.setdefault(n, self._clip(n, OPTIONS[n].default(s)))
+        for n in ("epochs", "max_steps", "fp_epochs", "train_limit"): params.setdefault(n, self._clip(n, s.int("explorer", n)))
         super().__init__(**params)
         ds = available_datasets(s)
         self.param.dataset.objects = ds + ([self.dataset] if self.dataset not in ds else [])   # per instance

@@ -245,7 +245,7 @@ def run_model(run_dir:str|Path # A finished run directory
     name = cfg.get("model_name") or cfg.get("model")
     model = get_model(name, int(cfg["num_classes"]), tuple(cfg["in_shape"]), check=False)
     qkeys = set(QuantConfig.__dataclass_fields__) - {"w_bits"}
-    quantize_(model, QuantConfig(**{k: v for k, v in cfg.get("quant", {}).items() if k in qkeys}))
+    quantize_(model, QuantConfig(**{k: v for k, v in cfg.get("quant", {}).items() if k in qkeys}), strict=cfg.get("strict", True))
     set_bits_(model, bits)
     try: model.load_state_dict(torch.load(run/"model.pt", map_location="cpu", weights_only=True))
     except RuntimeError as e:

@@ -249,7 +249,7 @@ def from_settings(cls:HardwareConfig, settings:Settings|None=None, # Lab setting
     if s.cp.has_section("hardware"):
         for key in s.cp.options("hardware"):
             if key not in names:
-                raise SQError(f"[hardware] {key} in {s.path or 'built-in defaults'} is not a hardware constant",
+                raise SQError(f"[hardware] {key} in {s.path or s.defaults} is not a hardware constant",
                               f"use one of: {', '.join(names)}")
             if s.raw("hardware", key) == "": continue
             typ = str(names[key].type)

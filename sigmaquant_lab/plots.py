@@ -103,7 +103,8 @@ def _from_result(cls, res, # A `SearchResult` (from `search`)
     cl = np.array(ex.get("clusters", [r["cluster"] or 0 for r in rows]), dtype=int)
     cents = np.array(ex.get("centroids", [sig_n[cl == c].mean() for c in np.unique(cl)]), dtype=float)
     model = model if model is not None else getattr(res, "model", None)
-    kl = (kl_table(model, cand, cfg.get("kl_norm", "kl2"))[2] if model is not None
+    mods = dict(model.named_modules()) if model is not None else {}
+    kl = (kl_table({n: mods[n].weight.detach().cpu() for n in names}, cand, cfg.get("kl_norm", "kl2"))[2] if model is not None
           else np.full((len(names), len(cand)), np.nan))
     bits = tuple(int(res.bits[n]) for n in names)
     b = cfg.get("budget") or {}

@@ -48,7 +48,7 @@ def report_layout(run_dir:str|Path) -> pn.Column:
     hw = HardwareConfig(**{k: v for k, v in (cfg.get("hardware") or {}).items() if k in HardwareConfig.__dataclass_fields__})
     with torch.device("meta"):   # shapes only: a float twin of the network, no arithmetic
         twin = get_model(cfg.get("model_name") or cfg["model"], int(cfg["num_classes"]), tuple(cfg["in_shape"]), check=False)
-    cm = CostModel.from_model(twin, tuple(cfg["in_shape"]), hw=hw)
+    cm = CostModel.from_model(twin, tuple(cfg["in_shape"]), hw=hw, strict=cfg.get("strict", True))
     snap = Snapshot.from_result(res, cm, model=model)
     head = pn.pane.HTML(f"<h2>sigmaquant-lab run {html.escape(run.name)}</h2><p>{html.escape(snap.title)} · method <b>{res.method}</b> · "
                         f"status <b>{res.status}</b> · all hardware figures are <i>simulated</i> ({html.escape(hw.describe())})</p>"

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from .core import (SQError, Cancelled, Budget, check_bits, seed_everything, resolve_device,
                                  load_settings, to_jsonable)
-from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, tied_layers, weight_size_bytes
+from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, is_quantizable, tied_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
@@ -28,9 +28,10 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 # %% auto #0
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
-           'StateRef', 'cpu_state', 'cost_model', 'cost_floor', 'check_floor', 'check_budgets', 'SearchContext',
-           'Reference', 'digest_state', 'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles',
-           'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
+           'StateRef', 'cpu_state', 'cost_model', 'cost_floor', 'check_floor', 'search_units', 'check_budgets',
+           'SearchContext', 'Reference', 'digest_state', 'reference_key', 'SearchResult', 'search', 'Search',
+           'qat_cycles', 'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig',
+           'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -236,10 +237,17 @@ def check_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
                       + (" or unpin the first/last layer" if pins else ""))
     return f
 
+def search_units(model:nn.Module, hw:CostModel) -> tuple[list, dict]:
+    "The layers a search moves (one per weight tensor, only those inference calls) and {tied copy: its holder}: the same for the floor check and the search."
+    used = lambda n, m: is_quantizable(n, m) and n not in hw.unused
+    ties = tied_layers(model, used)
+    return [n for n in quantizable_layers(model, used) if n not in ties], ties
+
 def check_budgets(model:nn.Module, data, cfg:SearchConfig) -> dict:
     "Every budget check that needs no training (an untrained model of the same architecture will do); returns the floor."
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
-    return check_floor(cost_model(model, data, cfg), list(quantizable_layers(model)), cfg)
+    hw = cost_model(model, data, cfg)
+    return check_floor(hw, search_units(model, hw)[0], cfg)
 
 class SearchContext:
     "Shared measuring machinery of a search."
@@ -256,8 +264,7 @@ class SearchContext:
         self.hw = hw or cost_model(model, data, cfg)
         # one unit per weight tensor: a layer sharing an earlier layer's weight follows its width (`quant.tied_layers`);
         # layers inference never calls (training-only heads) stay at 8 bits, outside the search and the budgets
-        self.ties = tied_layers(m)
-        self.layers = [n for n in quant_layers(m) if n not in self.ties and n not in self.hw.unused]
+        self.layers, self.ties = search_units(m, self.hw)
         self.params = np.array([quant_layers(m)[n].weight.numel() for n in self.layers])
         self.loaders = {s: data.loader(s, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed)
                         for s in ("train", "val", "test")}
@@ -542,9 +549,11 @@ def reference_key(model:nn.Module, data, cfg:SearchConfig) -> str:
     import hashlib, json
     h = hashlib.sha256()
     digest_state(h, model.state_dict())
-    if hasattr(data, "split"):                  # a DataBundle: split shapes and labels
+    if hasattr(data, "split"):                  # a DataBundle: its content (training data: `digest`), split shapes and labels
+        if hasattr(data, "digest"): h.update(data.digest().encode())
         for sp in ("train", "val", "test"):
             x, y = data.split(sp); h.update(f"{sp}:{tuple(x.shape)}".encode()); _digest(h, y)
+            if sp != "train": _digest(h, x)
     else: h.update(f"data-object:{id(data)}".encode())   # any other bundle (only `loader` is required): this very object
     recipe = {k: to_jsonable(getattr(cfg, k)) for k in ("quant", "train", "int8_epochs", "calib_batches", "batch_size", "seed", "device")}
     h.update(json.dumps(dict(recipe, data=getattr(data, "name", "?"), model=type(model).__name__), sort_keys=True).encode())
@@ -654,7 +663,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     strat.validate(model, data)
     hw = cost_model(model, data, cfg)
     if hasattr(data, "split"): check_splits(data)             # too few images to train and judge a model
-    check_floor(hw, list(quantizable_layers(model)), cfg)     # a budget no map can meet: refused before anything is trained or written
+    check_floor(hw, search_units(model, hw)[0], cfg)          # a budget no map can meet: refused before anything is trained or written
     if reference is not None and not resume and reference.key != reference_key(model, data, cfg):
         raise SQError("the INT8 reference passed to search was built for another model, data or QAT recipe",
                       "pass the `int8` of a search with the same model, data and config, or no reference (it is rebuilt)")

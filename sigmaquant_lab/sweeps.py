@@ -19,7 +19,7 @@ from .data import get_data, check_splits
 from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
-from .search import search, check_floor, cost_model, cpu_state, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
+from .search import search, check_floor, cost_model, cpu_state, search_units, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .options import OPTIONS, add_options, option_values, parse_field
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
@@ -485,11 +485,12 @@ def run_sweep(sc:SweepConfig, # The grid and what every run shares
     data, state, meta = sweep_inputs(sc, st, progress=progress)
     rows = reuse_rows(specs, out, meta)               # finished records with the same settings are reused
     probe = get_model(meta["model_name"], data.num_classes, data.in_shape, check=False)
-    layers, hws = list(quantizable_layers(probe)), {}   # one shape pass per hardware config, not per grid point
+    hws, layers = {}, {}                              # one shape pass per hardware config, not per grid point
     for p in specs:                                   # a budget below the floor of the candidate set: refused up front, not run
         if p.name in rows: continue                   # (plan_sweep already ran the model-free check_reachable)
-        if p.cfg.hardware not in hws: hws[p.cfg.hardware] = cost_model(probe, data, p.cfg)
-        try: check_floor(hws[p.cfg.hardware], layers, p.cfg)
+        key = (p.cfg.hardware, p.cfg.strict)
+        if key not in hws: hws[key] = cost_model(probe, data, p.cfg); layers[key] = search_units(probe, hws[key])[0]
+        try: check_floor(hws[key], layers[key], p.cfg)
         except SQError as e: rows[p.name] = failed_row(p, f"refused before training: {e}", 0, "INFEASIBLE")
     todo = [p for p in specs if p.name not in rows]
     n, k = len(specs), len(rows)

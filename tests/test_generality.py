@@ -149,3 +149,42 @@ def test_search_takes_the_data_forms_explore_takes():
         _within(res, cfg.budget)
         got.append((res.reference["acc_val"], res.bits))
     assert got[0] == got[1] == got[2]            # one carving, whatever the form
+
+
+def test_diffmp_moves_a_shared_weight_as_one_unit_and_resumes(digits, tmp_path):
+    "DiffMP's learned quantizer serves every layer of a shared tensor, so every step's map has one width per tensor and a killed run resumes."
+    import threading
+    from sigmaquant_lab.diffmp import DiffMPConfig
+    from sigmaquant_lab.search import StepFinished
+    cfg = DiffMPConfig(budget=Budget(max_acc_drop=0.05, size_frac=1.0, bops_frac=0.3), epochs=3, precision_epochs=1, finetune_epochs=1,
+                       batch_size=16, calib_batches=2, device="cpu", quant=QuantConfig(quantizer="minmax"))
+    model = TiedCNN()
+    full = search(model, digits, cfg)
+    assert all(h["bits"].get("b", h["bits"]["a"]) == h["bits"]["a"] for h in full.history) and full.bits["a"] == full.bits["b"]
+    ev, seen = threading.Event(), [0]
+    def obs(e):
+        if isinstance(e, StepFinished):
+            seen[0] += 1
+            if seen[0] == 1: ev.set()
+    a = search(model, digits, cfg, out_dir=tmp_path, name="r", cancel=ev, on_event=obs)
+    assert a.status == "CANCELLED"
+    r = search(model, digits, cfg, out_dir=tmp_path, name="r", resume=True)
+    assert (r.bits, r.acc, r.status) == (full.bits, full.acc, full.status)
+
+
+class WithHead(nn.Module):
+    "A CNN whose training-only head is registered last (never called at inference)."
+    def __init__(self, nc=10):
+        super().__init__()
+        self.stem, self.fc = nn.Conv2d(1, 16, 3, padding=1), nn.Linear(16, nc)
+        self.head = nn.Linear(16 * 64, nc)
+    def forward(self, x): return self.fc(torch.relu(self.stem(x)).mean((2, 3)))
+
+
+def test_floor_pins_the_layers_the_search_pins(digits):
+    "The floor check and the search agree on the first and last layer when an unused layer is registered last."
+    from sigmaquant_lab.search import check_budgets
+    f = check_budgets(WithHead(), digits, replace(CFG, pin_first_last=8, budget=Budget(size_frac=1.0)))
+    assert set(f["w_bits"]) == {"stem", "fc"} and f["w_bits"]["fc"] == 8 and f["size_frac"] > 0.9
+    with pytest.raises(SQError, match="below the floor"):
+        search(WithHead(), digits, replace(CFG, pin_first_last=8, budget=Budget(size_frac=0.5)))
