@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .core import SQError, Budget, load_settings, seed_everything, resolve_device, atomic_write
 from .data import get_data, check_splits
-from .options import OPTIONS, add_options, option_values, apply_sets
+from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets, data_kwargs, input_data, input_model
 from .models import get_model, check_model_input
 from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
@@ -58,15 +58,7 @@ class ConsoleReporter:
 # %% ../nbs/15_cli.ipynb #924eb877
 def _floats(s): return None if s in (None, "") else float(s)
 
-def _data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None) -> dict:
-    "Keyword arguments for `get_data`; digits has no image size or checksum to take."
-    if str(data_arg).lower() == "digits":
-        for v, flag in ((image_size, "--image-size"), (sha256, "--sha256")):
-            if v is not None: raise SQError(f"{flag} does not apply to digits (8×8 images built into scikit-learn)", f"drop {flag}, or use --data cifar10 or a folder")
-        extra = {}
-    else: extra = {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v is not None}
-    if val_frac is not None: extra["val_frac"] = val_frac
-    return dict(progress=not quiet, **extra)
+_data_kwargs = data_kwargs   # the one rule for get_data's keywords (options.data_kwargs)
 
 _DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac"]
 _BUDGET_OPTS = ["max_acc_drop", "size_frac", "energy_frac", "latency_frac", "bops_frac"]
@@ -139,8 +131,8 @@ def _resume_setup(a, st):
     if run_opts["device"]: cfg = replace(cfg, device=run_opts["device"])
     if run_opts["threads"]: torch.set_num_threads(run_opts["threads"])
     meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit", "val_frac")}
-    data = get_data(meta["data_arg"], st, **_data_kwargs(meta["data_arg"], a.quiet, meta["image_size"], val_frac=meta.get("val_frac")))
-    if meta["limit"]: data = data.subset(meta["limit"])
+    data, _ = input_data(InputConfig(data=meta["data_arg"], image_size=meta["image_size"], limit=meta["limit"], val_frac=meta.get("val_frac")),
+                         st, progress=not a.quiet)
     model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
     return cfg, data, model, meta
 
@@ -169,13 +161,12 @@ def cmd_search(a, out=None) -> int:
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)   # fail before loading data or training anything
     if not a.no_record:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out)
-    data = get_data(d["data"], st, **_data_kwargs(d["data"], a.quiet, v["image_size"], v["sha256"], v["val_frac"]))
-    if v["limit"]: data = data.subset(v["limit"])
-    check_splits(data)                              # too few images to train and judge: refused before any training
-    model_name = v["model"] or ("digits_cnn" if data.name == "digits" else "resnet20")
+    # one input-setup path with sweeps and the explorer (options.input_data / input_model); splits too small are refused there
+    inp = InputConfig(**{k: (d if k in ("data", "fp_epochs") else v)[k] for k in ("data", "model", "weights", "image_size", "sha256", "limit",
+                                                                             "val_frac", "fp_epochs")})
+    data, model_name = input_data(inp, st, progress=not a.quiet)
     check_budgets(get_model(model_name, data.num_classes, data.in_shape), data, cfg)   # a budget below the floor: refused before training
-    model = float_model(data, model_name, weights=v["weights"], epochs=d["fp_epochs"], lr=st.float("train", "fp_lr"),
-                        batch_size=cfg.batch_size, seed=d["seed"], device=d["device"], cache_dir=st.path_("data", "cache"), progress=not a.quiet)
+    model = input_model(inp, data, model_name, st, batch_size=cfg.batch_size, seed=d["seed"], device=d["device"], progress=not a.quiet)
     return _run_search(a, out, cfg, data, model, dict(model_name=model_name, data_arg=d["data"], image_size=v["image_size"], limit=v["limit"],
                                                       val_frac=v["val_frac"]))
 

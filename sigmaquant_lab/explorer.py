@@ -23,7 +23,7 @@ from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
-from .options import OPTIONS, widget_bounds
+from .options import OPTIONS, InputConfig, widget_bounds, input_data, input_model
 from .search import search, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
@@ -83,12 +83,10 @@ def load_workbench(dataset:str="digits", # "digits", "cifar10", or a path to an 
                   ) -> Workbench:
     "Load data and float model and build the workbench."
     s = settings or load_settings()
-    data = get_data(dataset, s, progress=progress)
-    cache = s.path_("data", "cache")
-    if train_limit is not None and len(data.y_train) > train_limit:
-        data = data.subset(train_limit)          # the float model's cache key carries the training-set size
-    model = float_model(data, model_name, epochs=fp_epochs, lr=s.float("train", "fp_lr"), batch_size=s.int("data", "batch_size"),
-                        seed=s.int("data", "seed"), device="cpu", cache_dir=cache, progress=progress)
+    # one input-setup path with the CLI and sweeps (options.input_data / input_model); the training cap keeps refinements interactive
+    inp = InputConfig(data=dataset, model=model_name, fp_epochs=fp_epochs)
+    data, _ = input_data(inp, s, progress=progress, train_cap=train_limit)
+    model = input_model(inp, data, model_name, s, device="cpu", progress=progress)
     return Workbench(data, model.eval(), model_name, HardwareConfig.from_settings(s))
 
 def available_datasets(settings=None) -> list[str]:

@@ -12,7 +12,11 @@ from typing import Any
 
 from fastcore.docments import docments
 
+import torch.nn as nn
+
 from .core import SQError, Budget, check_bits, load_settings
+from .data import get_data, check_splits
+from .train import float_model
 from .quant import QuantConfig, QUANTIZERS
 from .train import TrainConfig
 from .search import SearchConfig
@@ -20,7 +24,7 @@ from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
 __all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'widget_bounds',
-           'parse_field', 'apply_sets']
+           'parse_field', 'apply_sets', 'data_kwargs', 'input_data', 'input_model']
 
 # %% ../nbs/11a_options.ipynb #op05aa
 @dataclass(frozen=True)
@@ -242,3 +246,36 @@ def apply_sets(cfg, # A config dataclass instance
         for parent, p in reversed(chain): new = dataclasses.replace(parent, **{p: new})
         cfg = new
     return cfg
+
+# %% ../nbs/11a_options.ipynb #op13bb
+def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None) -> dict:
+    "Keyword arguments for `get_data`; digits has no image size or checksum to take."
+    if str(data_arg).lower() == "digits":
+        for v, flag in ((image_size, "--image-size"), (sha256, "--sha256")):
+            if v is not None: raise SQError(f"{flag} does not apply to digits (8×8 images built into scikit-learn)", f"drop {flag}, or use --data cifar10 or a folder")
+        extra = {}
+    else: extra = {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v is not None}
+    if val_frac is not None: extra["val_frac"] = val_frac
+    return dict(progress=not quiet, **extra)
+
+def input_data(inp:InputConfig, # Where the data comes from
+               settings=None, # `Settings` (default: `load_settings()`)
+               progress:bool=False, # Progress bars while decoding
+               train_cap:int|None=None # Keep at most this many training images when no `limit` is given (interactive use)
+              ) -> tuple:
+    "(data bundle, model name): the data loaded, limited and checked (splits large enough), the model name resolved."
+    st = settings or load_settings()
+    name = inp.data or OPTIONS["data"].default(st)
+    data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac))
+    if inp.limit: data = data.subset(inp.limit)
+    elif train_cap is not None and len(data.y_train) > train_cap: data = data.subset(train_cap)
+    check_splits(data)
+    return data, inp.model or ("digits_cnn" if data.name == "digits" else "resnet20")
+
+def input_model(inp:InputConfig, data, model_name:str, settings=None, *, batch_size:int|None=None, seed:int|None=None,
+                device:str="cpu", progress:bool=False) -> nn.Module:
+    "The float model: `inp.weights` loaded, or trained for `fp_epochs` (settings default) and cached by the data's content and the recipe."
+    st = settings or load_settings()
+    return float_model(data, model_name, weights=inp.weights, epochs=inp.fp_epochs or OPTIONS["fp_epochs"].default(st),
+                       lr=st.float("train", "fp_lr"), batch_size=batch_size or st.int("data", "batch_size"),
+                       seed=st.int("data", "seed") if seed is None else seed, device=device, cache_dir=st.path_("data", "cache"), progress=progress)

@@ -20,7 +20,7 @@ from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
 from .search import search, check_floor, cost_model, cpu_state, search_units, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
-from .options import OPTIONS, add_options, option_values, parse_field
+from .options import OPTIONS, InputConfig, add_options, option_values, parse_field, input_data, input_model
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
 from .quant import quantizable_layers
@@ -445,14 +445,10 @@ def _float_sha1(state:dict) -> str: return digest_state(hashlib.sha1(), state).h
 def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     "Data bundle, float state_dict and run meta of a sweep (the float model is trained once, here, and cached)."
     st = settings or load_settings(sc.settings)
-    data = get_data(sc.data, st, progress=progress)
-    if sc.limit: data = data.subset(sc.limit)
-    check_splits(data)                  # too few images to train and judge: refused before any run
-    model_name = sc.model or ("digits_cnn" if data.name == "digits" else "resnet20")
-    fp_epochs = st.int("train", "fp_epochs") if sc.fp_epochs is None else sc.fp_epochs
-    bs = sc.batch_size or st.int("data", "batch_size")
-    m = float_model(data, model_name, weights=sc.weights, epochs=fp_epochs, lr=st.float("train", "fp_lr"), batch_size=bs,
-                    seed=st.int("data", "seed"), device=sc.device, cache_dir=st.path_("data", "cache"), progress=progress)
+    # one input-setup path with the CLI and the explorer (options.input_data / input_model): too few images are refused there
+    inp = InputConfig(data=sc.data, model=sc.model, weights=sc.weights, limit=sc.limit, fp_epochs=sc.fp_epochs)
+    data, model_name = input_data(inp, st, progress=progress)
+    m = input_model(inp, data, model_name, st, batch_size=sc.batch_size, device=sc.device, progress=progress)
     state = cpu_state(m)
     meta = dict(model_name=model_name, data_arg=sc.data, image_size=None, limit=sc.limit, float_sha1=_float_sha1(state))
     return replace(data), state, meta   # `replace`: a copy without cached device tensors (cheap to ship to workers)
