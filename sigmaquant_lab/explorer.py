@@ -24,7 +24,7 @@ from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
 from .options import OPTIONS, InputConfig, widget_bounds, input_data, input_model
-from .search import search, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
+from .search import search, search_units, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
                                   trajectory_point, MAC_LABELS)
@@ -44,11 +44,12 @@ class Workbench:
                  model_name:str, # Its name (for labels)
                  hw:HardwareConfig|None=None): # Hardware constants (default: settings.ini [hardware])
         self.data, self.model, self.model_name = data, model, model_name
-        self.names, self.sigma, self.sigma_n = layer_sigmas(model, "minmax")
-        self.names = tuple(self.names)
-        mods = dict(model.named_modules())
-        self.params = np.array([mods[n].weight.numel() for n in self.names])
         self.cost_model = CostModel.from_model(model, data.in_shape, hw=hw if hw is not None else HardwareConfig.from_settings())
+        # the layers a search moves (`search_units`: one per weight tensor, only those inference calls), so previews match runs
+        mods = dict(model.named_modules())
+        self.names, self.sigma, self.sigma_n = layer_sigmas({n: mods[n].weight.detach() for n in search_units(model, self.cost_model)[0]}, "minmax")
+        self.names = tuple(self.names)
+        self.params = np.array([mods[n].weight.numel() for n in self.names])
         self._kl = {}
         self.references = {}   # INT8 references of earlier refinements by `reference_key` (`SearchWorker` reuses them)
         self.ladder = {}       # uniform W_xA_y peers measured so far: (reference key, w, a, epochs) -> point (`SearchWorker` fills it)
@@ -64,7 +65,9 @@ class Workbench:
     def kl(self, bits:tuple, norm:str="kl2") -> np.ndarray:
         "Normalised KL table (layers × `bits`), computed once per candidate set."
         key = (tuple(bits), norm)
-        if key not in self._kl: self._kl[key] = kl_table(self.model, bits, norm)[2]
+        if key not in self._kl:
+            mods = dict(self.model.named_modules())
+            self._kl[key] = kl_table({n: mods[n].weight.detach() for n in self.names}, bits, norm)[2]
         return self._kl[key]
 
     def costs(self, bits:tuple, mac:str):

@@ -42,7 +42,11 @@ def qrange(bits:int, # Bit width
         return (-qmax if narrow else -qmax-1), qmax
     return 0, 2**bits - 1
 
-_ON = torch.ones(1, dtype=torch.long)
+_ON = {}   # the kernel's "enabled" flag, one 1-element tensor per device (made once, not per call)
+def _on(dev) -> torch.Tensor:
+    t = _ON.get(dev)
+    if t is None: t = _ON[dev] = torch.ones(1, dtype=torch.long, device=dev)
+    return t
 
 class _FakeQuant(torch.autograd.Function):
     "Quantize-dequantize in one node: torch's fused kernel (value and in-range mask in one pass); STE for `x`, LSQ's gradient for `scale`."
@@ -52,7 +56,7 @@ class _FakeQuant(torch.autograd.Function):
         zi = zero_point.detach().round().to(torch.int32)
         if scale.numel() == 1:
             out, inside = torch.ops.aten._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-                xf, scale.detach().float().reshape(1), zi.reshape(1), _ON.to(x.device), qmin, qmax)
+                xf, scale.detach().float().reshape(1), zi.reshape(1), _on(x.device), qmin, qmax)
         else:   # one scale per output channel (dim 0)
             out, inside = torch.ops.aten.fake_quantize_per_channel_affine_cachemask(
                 xf, scale.detach().float().flatten(), zi.expand(scale.shape).flatten().contiguous(), 0, qmin, qmax)

@@ -188,3 +188,11 @@ def test_floor_pins_the_layers_the_search_pins(digits):
     assert set(f["w_bits"]) == {"stem", "fc"} and f["w_bits"]["fc"] == 8 and f["size_frac"] > 0.9
     with pytest.raises(SQError, match="below the floor"):
         search(WithHead(), digits, replace(CFG, pin_first_last=8, budget=Budget(size_frac=0.5)))
+
+
+def test_explorer_workbench_lists_the_searched_units(digits):
+    "The explorer's σ/KL previews cover the layers a search moves: no tied copy, no layer inference never calls."
+    from sigmaquant_lab.explorer import Workbench
+    assert Workbench(digits, WithHead(), "with_head").names == ("stem", "fc")
+    wb = Workbench(digits, TiedCNN(), "tied")
+    assert wb.names == ("stem", "a", "fc") and wb.kl((2, 4, 8)).shape == (3, 3) and len(wb.sigma) == 3
