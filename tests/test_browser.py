@@ -65,9 +65,10 @@ def _run_browser(h, sync_playwright, exe, tmp_path, settings, t_start):
         assert "idle" in a.status()
 
         # sliders: each move updates its views in place (the zone plane's title carries both budgets)
-        t = a.press("size"); a.wait_text("size ≤ 36%", t)
-        t = a.press("acc"); a.wait_text("drop ≤ 1.25 pt", t)
-        t = a.press("energy", "ArrowLeft"); a.wait_text("energy ≤ 0.99×", t)
+        # (move_to presses again when the slider ignored a key press, as it may while the page is busy with a refinement)
+        a.move_to("size", 0.36, 0.01); a.wait_text("size ≤ 36%", 0, timeout_s=20)
+        a.move_to("acc", 0.0125, 0.0025); a.wait_text("drop ≤ 1.25 pt", 0, timeout_s=20)
+        a.move_to("energy", 0.99, 0.01); a.wait_text("energy ≤ 0.99×", 0, timeout_s=20)
 
         # a budget the σ preview misses (Phase 2 takes several steps) and 2 QAT epochs per cycle, started by hand
         a.move_to("acc", 0.005, 0.0025)                                 # 0.5 points
