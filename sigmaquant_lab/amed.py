@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .core import SQError
+from .core import SQError, ini_defaults
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, map_costs, over_budget, point_choice, _count
 from .uniform import random_bit_map, random_map
 
@@ -68,21 +68,22 @@ def ema_scores(scores:np.ndarray, # Score table (layers × candidates)
 PICKS = ("zeta", "acc")
 
 @dataclass(frozen=True)
+@ini_defaults("amed")   # defaults: settings.ini [amed]
 class AMEDConfig(SearchConfig):
     "AMED: Metropolis–Hastings over bit allocations with a softmax(score/T) proposal."
-    bits:tuple=(2, 3, 4, 8) # Candidate widths (AMED: 2, 3, 4, 8)
-    alpha:float=1.0 # Weight of the validation cross-entropy in ζ
-    beta:float=0.2 # Weight of the normalised latency Lat/Lat_8bit in ζ (ours)
-    temp:float=0.1 # Temperature T of proposal and acceptance (ours)
-    temp_decay:float=1.0 # T multiplies by this after every step (ours; 1 = constant)
-    ema:float=0.5 # EMA weight m of the score update (ours)
-    epochs:int=8 # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
-    step_epochs:int=1 # QAT epochs per MH step
-    finetune_epochs:int=2 # Epochs (of `epochs`) that fine-tune the chosen allocation at the end
-    layers_per_step:int=0 # Layers redrawn per proposal (0: all, as AMED; k: k random layers, ours)
-    max_tries:int=500 # Proposals drawn to find one inside the cost budgets
-    pick:str="zeta" # Best-model rule among allocations meeting the budgets: lowest zeta | highest acc
-    restore_on_reject:bool=False # Roll the weights back after a rejected proposal (ours)
+    bits:tuple # Candidate widths (AMED: 2, 3, 4, 8)
+    alpha:float # Weight of the validation cross-entropy in ζ
+    beta:float # Weight of the normalised latency Lat/Lat_8bit in ζ (ours)
+    temp:float # Temperature T of proposal and acceptance (ours)
+    temp_decay:float # T multiplies by this after every step (ours; 1 = constant)
+    ema:float # EMA weight m of the score update (ours)
+    epochs:int # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
+    step_epochs:int # QAT epochs per MH step
+    finetune_epochs:int # Epochs (of `epochs`) that fine-tune the chosen allocation at the end
+    layers_per_step:int # Layers redrawn per proposal (0: all, as AMED; k: k random layers, ours)
+    max_tries:int # Proposals drawn to find one inside the cost budgets
+    pick:str # Best-model rule among allocations meeting the budgets: lowest zeta | highest acc
+    restore_on_reject:bool # Roll the weights back after a rejected proposal (ours)
     def __post_init__(self):
         super().__post_init__()
         for k in ("epochs", "finetune_epochs", "layers_per_step"): _count(k, getattr(self, k))

@@ -6,8 +6,8 @@ Docs: https://example.invalid/sigmaquant-lab/docs/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #7ed56086
 from __future__ import annotations
-import configparser, json, os, random, sys, tempfile
-from dataclasses import dataclass, asdict, field
+import configparser, functools, json, os, random, sys, tempfile, types, typing
+from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'load_settings', 'check_bits',
-           'Budget', 'seed_everything', 'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
+__all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'load_settings', 'ini_defaults',
+           'ini_kwargs', 'check_bits', 'Budget', 'seed_everything', 'resolve_device', 'fault', 'atomic_write',
+           'to_jsonable', 'atomic_write_json']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
 class SQError(ValueError):
@@ -118,6 +119,50 @@ def load_settings(path=None, overrides=None) -> Settings:
     "Read the lab's settings.ini (see `Settings`)."
     return Settings(path, overrides)
 
+# %% ../nbs/00_core.ipynb #4a9b8d63
+def _ini_value(s:Settings, sec:str, key:str, typ):
+    "settings.ini's `[sec] key` as `typ`: int, float, bool, str or a tuple of ints; for `X|None` an empty value is None."
+    args = typing.get_args(typ)
+    if type(None) in args:
+        if s.raw(sec, key) == "": return None
+        typ = next(a for a in args if a is not type(None))
+    if typ is bool: return s.bool(sec, key)
+    if typ is int: return s.int(sec, key)
+    if typ is float: return s.float(sec, key)
+    if typ is tuple or typing.get_origin(typ) is tuple: return tuple(s.ints(sec, key))
+    return s.str(sec, key)
+
+@functools.cache
+def _shipped() -> Settings:
+    p = shipped_settings()
+    if p is None: raise SQError("the lab's settings.ini (the source of every default) is neither beside the package nor under <prefix>/share/sigmaquant-lab",
+                                "reinstall sigmaquant-lab (pip install -e . in a checkout, or the wheel, which installs it)")
+    return Settings(p)
+
+def ini_defaults(section:str, # settings.ini section holding the fields of the same name
+                 **keys:str): # field="section.key" for a field kept under another section or name
+    "Class decorator, under `@dataclass`: each field declared without a value takes its default from the shipped settings.ini."
+    def deco(cls):
+        hints = typing.get_type_hints(cls)
+        own = {n: keys.get(n, f"{section}.{n}") for n in cls.__dict__.get("__annotations__", {})
+               if n not in cls.__dict__ and typing.get_origin(hints[n]) is not typing.ClassVar}
+        cls.ini_keys = {**getattr(cls, "ini_keys", {}), **own}
+        for n, k in own.items(): setattr(cls, n, _ini_value(_shipped(), *k.split(".", 1), hints[n]))
+        return cls
+    return deco
+
+def ini_kwargs(cls:type, # A dataclass decorated with `ini_defaults`
+               s:Settings|None=None # Settings to read (default: `load_settings()`)
+              ) -> dict:
+    "The fields of `cls` that settings.ini holds, read from `s` (nested `ini_defaults` dataclasses built from their own keys)."
+    s = s if s is not None else load_settings()
+    hints, kw = typing.get_type_hints(cls), {}
+    for f in fields(cls):
+        if f.name in cls.ini_keys: kw[f.name] = _ini_value(s, *cls.ini_keys[f.name].split(".", 1), hints[f.name])
+        elif hasattr(hints[f.name], "ini_keys"): kw[f.name] = hints[f.name](**ini_kwargs(hints[f.name], s))
+    return kw
+
+
 # %% ../nbs/00_core.ipynb #bb64c7d2
 BitMap = dict  # {layer_name: w_bits}
 
@@ -142,13 +187,14 @@ def _check_frac(name, v, lo=0.0, hi=1.0, open_lo=True):
     return v
 
 @dataclass(frozen=True)
+@ini_defaults("search")   # defaults: settings.ini [search]
 class Budget:
     "Search targets relative to the INT8 reference."
-    max_acc_drop:float=0.01 # Max accuracy drop vs INT8 (0-1; 0.01 = 1 point)
-    size_frac:float=0.35 # Max weight size as a fraction of INT8
-    energy_frac:float|None=None # Max simulated energy as a fraction of INT8 (optional)
-    latency_frac:float|None=None # Max simulated latency as a fraction of INT8 (optional)
-    bops_frac:float|None=None # Max BOPs (Σ w_bits·a_bits·MACs) as a fraction of INT8's; activation bits are searched too (optional)
+    max_acc_drop:float # Max accuracy drop vs INT8 (0-1; 0.01 = 1 point)
+    size_frac:float # Max weight size as a fraction of INT8
+    energy_frac:float|None # Max simulated energy as a fraction of INT8 (optional)
+    latency_frac:float|None # Max simulated latency as a fraction of INT8 (optional)
+    bops_frac:float|None # Max BOPs (Σ w_bits·a_bits·MACs) as a fraction of INT8's; activation bits are searched too (optional)
     def __post_init__(self):
         _check_frac("max_acc_drop", self.max_acc_drop, open_lo=False)
         _check_frac("size_frac", self.size_frac)

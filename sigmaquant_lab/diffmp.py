@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import SQError, check_bits
+from .core import SQError, ini_defaults, check_bits
 from .quant import quant_layers, qrange, get_act_bits
 from .train import make_optimizer, make_scheduler, cancel_points, logits
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, point_choice, qat_cycles, _count
@@ -213,16 +213,17 @@ def memory_penalty(size_frac:torch.Tensor, target:float, lam:float) -> torch.Ten
 
 # %% ../nbs/10d_diffmp.ipynb #70f7e68d
 @dataclass(frozen=True)
+@ini_defaults("diffmp")   # defaults: settings.ini [diffmp]
 class DiffMPConfig(SearchConfig):
     "Differentiable mixed precision: learned step and range per channel, memory penalty, multi-phase schedule."
-    epochs:int=8 # QAT epochs after the INT8 reference: precision + joint + fine-tune (same budget as SigmaQuant: `search_epochs(result)`)
-    precision_epochs:int=1 # Phase 1: learn steps and ranges only (weights frozen)
-    finetune_epochs:int=2 # Phase 3: fine-tune the rounded map with the shared quantizer
-    cycle_epochs:int=1 # Epochs per learning cycle (one step each)
-    penalty:float=1.0 # λ of the cost penalties (size; BOPs under a BOPs budget)
-    margin:float=0.05 # Aim the penalties at budget·(1 − margin), so rounding has room (ours)
-    quant_lr:float|None=None # Adam learning rate of the log steps and ranges (None: auto, see below; ours)
-    grad_delta:float=0.1 # Gradient-scaling δ of the rounding (0: plain STE; ours)
+    epochs:int # QAT epochs after the INT8 reference: precision + joint + fine-tune (same budget as SigmaQuant: `search_epochs(result)`)
+    precision_epochs:int # Phase 1: learn steps and ranges only (weights frozen)
+    finetune_epochs:int # Phase 3: fine-tune the rounded map with the shared quantizer
+    cycle_epochs:int # Epochs per learning cycle (one step each)
+    penalty:float # λ of the cost penalties (size; BOPs under a BOPs budget)
+    margin:float # Aim the penalties at budget·(1 − margin), so rounding has room (ours)
+    quant_lr:float|None # Adam learning rate of the log steps and ranges (None: auto, see below; ours)
+    grad_delta:float # Gradient-scaling δ of the rounding (0: plain STE; ours)
     def __post_init__(self):
         super().__post_init__()
         for k in ("epochs", "precision_epochs", "finetune_epochs"): _count(k, getattr(self, k))

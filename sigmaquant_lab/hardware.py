@@ -16,7 +16,7 @@ from torch import nn
 
 from fastcore.basics import patch
 
-from .core import SQError, Settings, load_settings
+from .core import SQError, ini_defaults, Settings, load_settings
 
 # %% auto #0
 __all__ = ['MAC_TYPES', 'LayerShape', 'layer_shapes', 'HardwareConfig', 'systolic_cycles', 'nonzero_bits', 'HWCosts', 'CostModel',
@@ -142,34 +142,35 @@ def layer_shapes(model:nn.Module, # Model to trace (left on its device, train/ev
 _DATAFLOWS, _PES, _SHIFT_SCALES = ("ws", "os", "is"), ("shift_add", "bit_serial"), ("fold", "stream")
 
 @dataclass(frozen=True)
+@ini_defaults("hardware")   # defaults: settings.ini [hardware]
 class HardwareConfig:
     "Every constant of the simulated accelerator (see `SOURCES`)."
-    node:str="TSMC 28 nm, 0.9 V" # Technology node and supply (label only)
-    clock_mhz:float=600.0 # Clock frequency, MHz
-    rows:int=16 # PE array rows (R)
-    cols:int=16 # PE array columns (C)
-    dataflow:str="ws" # Systolic dataflow: "ws", "os" or "is"
-    pe:str="shift_add" # Mixed-precision PE: "shift_add" or "bit_serial"
-    serial_k:int=1 # Bits per cycle of the bit-serial PE (1-8)
-    a_bits:int=8 # Default activation bits (1-8)
-    ref_bits:int=8 # Weight and activation bits of the INT8 reference (1-8)
-    mac_area_int8_um2:float=2103.4 # INT8 MAC area, um^2
-    mac_area_shift_um2:float=1635.4 # Shift-add MAC area, um^2
-    mult8_pj:float=0.2 # 8-bit integer multiply, pJ
-    add32_pj:float=0.1 # 32-bit integer add (accumulate), pJ
-    shift_fixed_pj:float=0.1428 # Shift-add MAC energy, fixed part per MAC, pJ
-    shift_cycle_pj:float=0.1037 # Shift-add MAC energy per shift-and-add cycle, pJ
-    shift_overhead:float=1.05 # Shift-add cycles per non-zero weight bit (control overhead)
-    dense_bit_frac:float=0.5 # Non-zero fraction of weight bits when integer weights are not given
-    shift_min_cycles:float=1.0 # Minimum cycles per MAC before overhead (0 = zero weights skipped entirely)
-    shift_scale:str="fold" # Shift-add slows the whole fold ("fold") or only the stream T ("stream")
-    sram_kb:float=128.0 # On-chip SRAM buffer size, kB
-    sram_pj_per_bit_8kb:float=0.156 # SRAM access energy of an 8 kB array, pJ/bit
-    dram_pj_per_bit:float=20.0 # DRAM access energy, pJ/bit
-    dram_bits_per_cycle:float=64.0 # DRAM bandwidth, bits per clock cycle
-    acc_bits:int=32 # Partial-sum width written to SRAM
-    scale_bits:int=32 # Per-output-channel scale width
-    bias_bits:int=32 # Per-output-channel bias width
+    node:str # Technology node and supply (label only)
+    clock_mhz:float # Clock frequency, MHz
+    rows:int # PE array rows (R)
+    cols:int # PE array columns (C)
+    dataflow:str # Systolic dataflow: "ws", "os" or "is"
+    pe:str # Mixed-precision PE: "shift_add" or "bit_serial"
+    serial_k:int # Bits per cycle of the bit-serial PE (1-8)
+    a_bits:int # Default activation bits (1-8)
+    ref_bits:int # Weight and activation bits of the INT8 reference (1-8)
+    mac_area_int8_um2:float # INT8 MAC area, um^2
+    mac_area_shift_um2:float # Shift-add MAC area, um^2
+    mult8_pj:float # 8-bit integer multiply, pJ
+    add32_pj:float # 32-bit integer add (accumulate), pJ
+    shift_fixed_pj:float # Shift-add MAC energy, fixed part per MAC, pJ
+    shift_cycle_pj:float # Shift-add MAC energy per shift-and-add cycle, pJ
+    shift_overhead:float # Shift-add cycles per non-zero weight bit (control overhead)
+    dense_bit_frac:float # Non-zero fraction of weight bits when integer weights are not given
+    shift_min_cycles:float # Minimum cycles per MAC before overhead (0 = zero weights skipped entirely)
+    shift_scale:str # Shift-add slows the whole fold ("fold") or only the stream T ("stream")
+    sram_kb:float # On-chip SRAM buffer size, kB
+    sram_pj_per_bit_8kb:float # SRAM access energy of an 8 kB array, pJ/bit
+    dram_pj_per_bit:float # DRAM access energy, pJ/bit
+    dram_bits_per_cycle:float # DRAM bandwidth, bits per clock cycle
+    acc_bits:int # Partial-sum width written to SRAM
+    scale_bits:int # Per-output-channel scale width
+    bias_bits:int # Per-output-channel bias width
 
     SOURCES: ClassVar[dict] = dict(
         node="SigmaQuant paper (shift-add MAC synthesis, TSMC 28 nm, 0.9 V)",

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import milp, LinearConstraint, Bounds
 
-from .core import SQError
+from .core import SQError, ini_defaults
 from .quant import WeightQuantizer, quantizable_layers, get_act_bits
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, train_map, point_choice, _count
 
@@ -135,12 +135,13 @@ def brute_allocate(omega, constraints, fixed=None):
 
 # %% ../nbs/10c_hawq.ipynb #4a57be0d
 @dataclass(frozen=True)
+@ini_defaults("hawq")   # defaults: settings.ini [hawq]
 class HAWQConfig(SearchConfig):
     "HAWQ-style baseline: Hessian-trace × perturbation sensitivity, ILP allocation, QAT."
-    epochs:int=8 # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
-    cycle_epochs:int=0 # Epochs per QAT cycle, one step each (0: one cycle)
-    hessian_samples:int=256 # Training samples for the Hessian trace (HAWQ: a few hundred)
-    probes:int=100 # Rademacher probes per batch (fewer: cheaper and noisier)
+    epochs:int # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
+    cycle_epochs:int # Epochs per QAT cycle, one step each (0: one cycle)
+    hessian_samples:int # Training samples for the Hessian trace (HAWQ: a few hundred)
+    probes:int # Rademacher probes per batch (fewer: cheaper and noisier)
     def __post_init__(self):
         super().__post_init__()
         _count("epochs", self.epochs); _count("cycle_epochs", self.cycle_epochs)

@@ -63,12 +63,16 @@ class Opt:
     hi:float|None=None # Largest meaningful value (None: no bound)
     lo_open:bool=False # Exclude `lo` itself (fractions, rates)
     choices:tuple|None=None # Allowed values of a `choice`
-    setting:str|None=None # "section.key" of its default in settings.ini (None: no default, or a rule in the help)
+    setting:str|None=None # "section.key" of its default in settings.ini (None: the key the owner's default comes from, `ini_keys`; or none)
     flag_name:str|None=None # Flag when it differs from the field name
     eg:str|None=None # An example value for messages
 
     @property
     def flag(self) -> str: return "--" + (self.flag_name or self.name).replace("_", "-")
+    @property
+    def key(self) -> str|None:
+        "The settings.ini key of its default: given, or the one the owner dataclass takes its default from."
+        return self.setting or getattr(self.owner, "ini_keys", {}).get(self.name)
     @property
     def dest(self) -> str: return (self.flag_name or self.name).replace("-", "_")
 
@@ -84,7 +88,7 @@ class Opt:
         "Help text: the field's documentation, the bounds, where the default lives."
         h = field_doc(self.owner, self.name) or self.name.replace("_", " ")
         if b := self.bounds(): h += f"; {b}"
-        if self.setting: sec, key = self.setting.split("."); h += f" (default: settings.ini [{sec}] {key})"
+        if self.key: sec, key = self.key.split("."); h += f" (default: settings.ini [{sec}] {key})"
         return h.replace("%", "%%")
 
     def _bad(self, raw, why):
@@ -124,8 +128,8 @@ class Opt:
 
     def default(self, settings=None):
         "The settings.ini default (None: no setting)."
-        if self.setting is None: return None
-        sec, key = self.setting.split(".")
+        if self.key is None: return None
+        sec, key = self.key.split(".")
         st = settings or load_settings()
         raw = st.raw(sec, key)
         try: return self.parse(raw or None)
@@ -142,23 +146,23 @@ OPTIONS = {o.dest: o for o in [
     Opt(_I, "val_frac", "float", lo=0, hi=0.9, lo_open=True, setting="data.val_frac"),
     Opt(_I, "fp_epochs", "int", lo=1, setting="train.fp_epochs", eg="15"),
     # budgets (fractions of the INT8 reference)
-    Opt(_B, "max_acc_drop", "float", lo=0, hi=1, setting="search.max_acc_drop"),
-    Opt(_B, "size_frac", "float", lo=0, hi=1, lo_open=True, setting="search.size_frac"),
-    Opt(_B, "energy_frac", "optfloat", lo=0, hi=10, lo_open=True, setting="search.energy_frac"),
-    Opt(_B, "latency_frac", "optfloat", lo=0, hi=10, lo_open=True, setting="search.latency_frac"),
-    Opt(_B, "bops_frac", "optfloat", lo=0, hi=1, lo_open=True, setting="search.bops_frac"),
+    Opt(_B, "max_acc_drop", "float", lo=0, hi=1),
+    Opt(_B, "size_frac", "float", lo=0, hi=1, lo_open=True),
+    Opt(_B, "energy_frac", "optfloat", lo=0, hi=10, lo_open=True),
+    Opt(_B, "latency_frac", "optfloat", lo=0, hi=10, lo_open=True),
+    Opt(_B, "bops_frac", "optfloat", lo=0, hi=1, lo_open=True),
     # search and QAT
-    Opt(_S, "bits", "ints", lo=1, hi=8, setting="search.bits"),
-    Opt(_S, "act_bits", "ints", lo=1, hi=8, setting="search.act_bits"),
-    Opt(_Q, "quantizer", "choice", choices=tuple(QUANTIZERS), setting="quant.quantizer"),
-    Opt(_S, "int8_epochs", "int", lo=0, setting="train.int8_epochs"),
-    Opt(_S, "e1", "int", lo=0, setting="train.e1"), Opt(_S, "e2", "int", lo=0, setting="train.e2"),
-    Opt(_P, "rounds1", "int", lo=1, setting="search.rounds1"), Opt(_P, "max_steps", "int", lo=0, setting="search.max_steps"),
-    Opt(_T, "lr", "float", lo=0, lo_open=True, setting="train.lr", eg="0.02"),
-    Opt(_S, "batch_size", "int", lo=1, setting="data.batch_size", eg="128"),
-    Opt(_S, "pin_first_last", "int", lo=1, hi=8, setting="quant.pin_first_last"),
-    Opt(_S, "seed", "int", lo=0, setting="data.seed"),
-    Opt(_S, "device", "str", setting="train.device"), Opt(RunOptions, "threads", "int", lo=1, eg="2"),
+    Opt(_S, "bits", "ints", lo=1, hi=8),
+    Opt(_S, "act_bits", "ints", lo=1, hi=8),
+    Opt(_Q, "quantizer", "choice", choices=tuple(QUANTIZERS)),
+    Opt(_S, "int8_epochs", "int", lo=0),
+    Opt(_S, "e1", "int", lo=0), Opt(_S, "e2", "int", lo=0),
+    Opt(_P, "rounds1", "int", lo=1), Opt(_P, "max_steps", "int", lo=0),
+    Opt(_T, "lr", "float", lo=0, lo_open=True, eg="0.02"),
+    Opt(_S, "batch_size", "int", lo=1, eg="128"),
+    Opt(_S, "pin_first_last", "int", lo=1, hi=8),
+    Opt(_S, "seed", "int", lo=0),
+    Opt(_S, "device", "str"), Opt(RunOptions, "threads", "int", lo=1, eg="2"),
 ]}
 
 def add_options(group, # argparse parser or argument group
@@ -277,5 +281,4 @@ def input_model(inp:InputConfig, data, model_name:str, settings=None, *, batch_s
     "The float model: `inp.weights` loaded, or trained for `fp_epochs` (settings default) and cached by the data's content and the recipe."
     st = settings or load_settings()
     return float_model(data, model_name, weights=inp.weights, epochs=inp.fp_epochs or OPTIONS["fp_epochs"].default(st),
-                       lr=st.float("train", "fp_lr"), batch_size=batch_size or st.int("data", "batch_size"),
-                       seed=st.int("data", "seed") if seed is None else seed, device=device, cache_dir=st.path_("data", "cache"), progress=progress)
+                       batch_size=batch_size, seed=seed, device=device, cache_dir=st.path_("data", "cache"), progress=progress, settings=st)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import SQError, check_bits
+from .core import SQError, ini_defaults, check_bits
 
 # %% auto #0
 __all__ = ['QUANTIZERS', 'STEP_INITS', 'QUANT_CLASSES', 'UNSUPPORTED', 'round_ste', 'grad_scale', 'qrange', 'fake_quant',
@@ -277,15 +277,16 @@ QUANT_CLASSES = {nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
 
 # %% ../nbs/01_quant.ipynb #22d2042e
 @dataclass(frozen=True)
+@ini_defaults("quant")   # defaults: settings.ini [quant]
 class QuantConfig:
     "How one layer is fake-quantized."
-    w_bits:int|None=8 # Weight bits (None = float)
-    a_bits:int|None=8 # Input-activation bits (None = float)
-    quantizer:str="lsq" # "lsq" (learned step size, the default) or "minmax" (the paper's)
-    narrow_range:bool=True # Symmetric weight grid without -2^(b-1)
-    act_percentile:float=99.9 # Calibration percentile for activation ranges
-    act_ema:float|None=None # EMA momentum for activation ranges during QAT (None = frozen)
-    step_init:str="mse" # LSQ step initialisation: mse (least squared error) | lsq (2·mean/√qmax) | minmax (max/qmax)
+    w_bits:int|None # Weight bits (None = float)
+    a_bits:int|None # Input-activation bits (None = float)
+    quantizer:str # "lsq" (learned step size, the default) or "minmax" (the paper's)
+    narrow_range:bool # Symmetric weight grid without -2^(b-1)
+    act_percentile:float # Calibration percentile for activation ranges
+    act_ema:float|None # EMA momentum for activation ranges during QAT (None = frozen)
+    step_init:str # LSQ step initialisation: mse (least squared error) | lsq (2·mean/√qmax) | minmax (max/qmax)
     def __post_init__(self):
         _check_qbits(self.w_bits); _check_qbits(self.a_bits, "activation"); _check_mode(self.quantizer); _check_init(self.step_init)
         if not 50 < self.act_percentile <= 100:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import (SQError, Cancelled, Budget, check_bits, seed_everything, resolve_device,
+from .core import (SQError, ini_defaults, ini_kwargs, Cancelled, Budget, check_bits, seed_everything, resolve_device,
                                  load_settings, to_jsonable)
 from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, is_quantizable, tied_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
@@ -67,27 +67,26 @@ STATUSES = ("OK", "BEST_EFFORT", "INFEASIBLE", "CANCELLED")
 
 # %% ../nbs/08_search.ipynb #ef42f2f3
 @dataclass(frozen=True)
+@ini_defaults("search", int8_epochs="train.int8_epochs", e1="train.e1", e2="train.e2", calib_batches="train.calib_batches",
+              batch_size="data.batch_size", pin_first_last="quant.pin_first_last", seed="data.seed", device="train.device")
 class SearchConfig:
-    "Settings shared by every search method."
-    bits:tuple=(2, 4, 6, 8) # Candidate weight widths
+    "Settings shared by every search method (defaults: settings.ini; a method's own fields from its section, e.g. [amed])."
+    bits:tuple # Candidate weight widths
     budget:Budget=Budget() # Accuracy/size (/energy/latency/BOPs) targets vs INT8
-    act_bits:tuple|None=None # Candidate activation widths for a BOPs search (None = same as `bits`)
+    act_bits:tuple|None # Candidate activation widths for a BOPs search (None = same as `bits`)
     quant:QuantConfig=QuantConfig() # Quantizer (w_bits is set by the search)
     train:TrainConfig=TrainConfig() # QAT recipe (epochs set per cycle)
-    int8_epochs:int=1 # QAT epochs of the INT8 reference
-    e1:int=4 # QAT epochs per Phase-1 round (paper: 4)
-    e2:int=2 # QAT epochs per refinement step (paper: <= 40)
-    calib_batches:int=8 # Batches for BN/activation calibration before each QAT cycle
-    batch_size:int=128 # Batch size
-    pin_first_last:int|None=None # Pin first and last layer to this width (ours; None = searchable)
-    seed:int=0 # Seed
-    device:str="auto" # auto | cpu | cuda[:N]
-    mac:str="shift_add" # MAC array the energy/latency budgets refer to: shift_add | int8
+    int8_epochs:int # QAT epochs of the INT8 reference
+    e1:int # QAT epochs per Phase-1 round (paper: 4)
+    e2:int # QAT epochs per refinement step (paper: <= 40)
+    calib_batches:int # Batches for BN/activation calibration before each QAT cycle
+    batch_size:int # Batch size
+    pin_first_last:int|None # Pin first and last layer to this width (ours; None = searchable)
+    seed:int # Seed
+    device:str # auto | cpu | cuda[:N]
+    mac:str # MAC array the energy/latency budgets refer to: shift_add | int8
     hardware:HardwareConfig=HardwareConfig() # Hardware cost model constants (settings.ini [hardware])
-    strict:bool=True # Refuse models with weighted layers that cannot be quantized (False: keep them in float, 32-bit weights in the full size, outside the budgets)
-    # settings.ini sections a method's own fields are read from, after its own section ([amed], [hawq], ...);
-    # [search] holds SigmaQuant's Phase-1/2 keys, so only SigmaQuantConfig adds sections
-    settings_sections = ()
+    strict:bool # Refuse models with weighted layers that cannot be quantized (False: keep them in float, 32-bit weights in the full size, outside the budgets)
     def __post_init__(self):
         object.__setattr__(self, "bits", check_bits(self.bits))
         if self.act_bits is not None: object.__setattr__(self, "act_bits", check_bits(self.act_bits))
@@ -106,30 +105,9 @@ class SearchConfig:
 
     @classmethod
     def from_settings(cls, settings=None, **overrides):
-        "Build a config from settings.ini ([search], [quant], [train], [data], [hardware]; a method's own fields from its section), then apply `overrides`."
+        "Build a config from a user's settings.ini (the keys its defaults come from: `ini_kwargs`), then apply `overrides`."
         s = settings or load_settings()
-        pin = s.optint("quant", "pin_first_last")
-        kw = dict(bits=tuple(s.ints("search", "bits")),
-                  budget=Budget(s.float("search", "max_acc_drop"), s.float("search", "size_frac"),
-                                s.optfloat("search", "energy_frac"), s.optfloat("search", "latency_frac"), s.optfloat("search", "bops_frac")),
-                  act_bits=tuple(s.ints("search", "act_bits")) or None,
-                  quant=QuantConfig(a_bits=s.int("quant", "a_bits"), quantizer=s.str("quant", "quantizer"),
-                                    narrow_range=s.bool("quant", "narrow_range"), act_percentile=s.float("quant", "act_percentile"),
-                                    step_init=s.str("quant", "step_init")),
-                  train=TrainConfig(lr=s.float("train", "lr"), optimizer=s.str("train", "optimizer"),
-                                    momentum=s.float("train", "momentum"), weight_decay=s.float("train", "weight_decay"),
-                                    schedule=s.str("train", "schedule"), label_smoothing=s.float("train", "label_smoothing", 0, 0.999)),
-                  int8_epochs=s.int("train", "int8_epochs"), e1=s.int("train", "e1"), e2=s.int("train", "e2"),
-                  calib_batches=s.int("train", "calib_batches"), batch_size=s.int("data", "batch_size"),
-                  pin_first_last=pin, seed=s.int("data", "seed"), device=s.str("train", "device"),
-                  mac=s.str("search", "mac"), hardware=HardwareConfig.from_settings(s))
-        strat = STRATEGIES.get(cls)
-        sections = ((strat.name,) if strat is not None else ()) + tuple(cls.settings_sections)
-        for f in fields(cls):          # method fields: the method's own section ([amed], ...) first, then its declared ones
-            if f.name in kw or f.name in overrides: continue
-            for sec in sections:
-                if s.cp.has_option(sec, f.name):
-                    kw[f.name] = _typed(s, sec, f.name, f.default); break
+        kw = {**ini_kwargs(cls, s), "hardware": HardwareConfig.from_settings(s)}   # [hardware] also refuses unknown keys
         return cls(**{**kw, **{k: v for k, v in overrides.items() if v is not None}})
 
     def to_dict(self) -> dict: return to_jsonable(self)
@@ -147,16 +125,6 @@ def config_from_dict(cls:type, d:dict):
         elif isinstance(dflt, tuple) and isinstance(v, list): v = tuple(v)
         kw[f.name] = v
     return cls(**kw)
-
-def _typed(s, sec, key, default):
-    if isinstance(default, bool): return s.bool(sec, key)
-    if isinstance(default, int): return s.int(sec, key)
-    if isinstance(default, float): return s.float(sec, key)
-    if isinstance(default, tuple): return tuple(s.ints(sec, key))
-    if default is None:              # optional number: empty = None
-        r = s.raw(sec, key)
-        return None if r == "" else s.int(sec, key) if r.lstrip("-").isdigit() else s.float(sec, key)
-    return s.str(sec, key)
 
 # %% ../nbs/08_search.ipynb #078558ad
 STRATEGIES:dict[type, type] = {}

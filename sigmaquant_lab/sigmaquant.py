@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import SQError
+from .core import SQError, ini_defaults
 from .stats import SIGMA_NORMS, KL_NORMS, normalize
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy
 
@@ -181,23 +181,23 @@ def raise_moves(ctx, bits:dict, a_bits:dict, measured:dict, kl_w_cur, kl_a_cur, 
 SELECTORS, ABANDON = ("kl", "kl_per_byte"), ("lower", "paper")
 
 @dataclass(frozen=True)
+@ini_defaults("search")   # defaults: settings.ini [search]
 class SigmaQuantConfig(SearchConfig):
     "SigmaQuant: σ clustering (Phase 1) + KL-guided refinement (Phase 2)."
-    settings_sections = ("search", "quant", "train")   # the Phase-1/2 keys live in settings.ini [search]
-    clusters:int=4 # K (paper: 4)
-    lambda0:float=0.0 # First λ (ours)
-    lambda_step:float=0.1 # λ increment per Phase-1 round (paper: 0.1)
-    rounds1:int=3 # Max Phase-1 rounds R1 (paper: 2-3)
-    sigma_norm:str="minmax" # σ normalisation (ours): none | zscore | minmax
-    delta_acc:float=0.01 # ΔA: Phase 1 is close enough when acc ≥ A_t − ΔA ...
-    delta_size:float=0.05 # ΔM: ... or size ≤ M_t + ΔM (fractions of INT8)
-    kl_norm:str="kl2" # KL normalisation (ours): kl2 | minmax | paper | none
-    bit_step:int=2 # ±bits per move
-    layers_per_step:int=2 # Layers moved per refinement step
-    patience:int=3 # Steps without progress on d before rolling back
-    max_steps:int=40 # Step cap (paper: 40)
-    selector:str="kl" # kl | kl_per_byte (ours, flagged)
-    abandon:str="lower" # lower (ours: cost budgets are hard: lower by KL per unit of cost saved until they fit, raise only within them) | paper (stop in the abandon zone)
+    clusters:int # K (paper: 4)
+    lambda0:float # First λ (ours)
+    lambda_step:float # λ increment per Phase-1 round (paper: 0.1)
+    rounds1:int # Max Phase-1 rounds R1 (paper: 2-3)
+    sigma_norm:str # σ normalisation (ours): none | zscore | minmax
+    delta_acc:float # ΔA: Phase 1 is close enough when acc ≥ A_t − ΔA ...
+    delta_size:float # ΔM: ... or size ≤ M_t + ΔM (fractions of INT8)
+    kl_norm:str # KL normalisation (ours): kl2 | minmax | paper | none
+    bit_step:int # ±bits per move
+    layers_per_step:int # Layers moved per refinement step
+    patience:int # Steps without progress on d before rolling back
+    max_steps:int # Step cap (paper: 40)
+    selector:str # kl | kl_per_byte (ours, flagged)
+    abandon:str # lower (ours: cost budgets are hard: lower by KL per unit of cost saved until they fit, raise only within them) | paper (stop in the abandon zone)
     def __post_init__(self):
         super().__post_init__()
         for k, lo in (("clusters", 1), ("rounds1", 1), ("bit_step", 1), ("layers_per_step", 1), ("patience", 1), ("max_steps", 0)):

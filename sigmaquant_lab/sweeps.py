@@ -8,7 +8,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/sweeps.html.md"""
 from __future__ import annotations
 import argparse, fnmatch, hashlib, importlib, importlib.util, io, json, math, os, shutil, signal, sys, time, traceback
 from collections import Counter
-from dataclasses import dataclass, field, fields, replace, MISSING
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,11 +144,6 @@ class SweepConfig:
 # %% ../nbs/12_sweeps.ipynb #ee94560c
 UNIFORM_WIDTHS = (2, 3, 4, 6, 8)
 
-def _own_default(cls, name) -> bool:
-    "Does `cls` change the default of a shared `SearchConfig` field (e.g. AMED's candidate bits)?"
-    mine = {f.name: f for f in fields(cls)}[name]; base = {f.name: f for f in fields(SearchConfig)}[name]
-    return mine.default is not MISSING and mine.default != base.default
-
 def fit_uniform(budget:Budget, # The budget to fit
                 names:set, # Field names of the config (`a_bits` enables the BOPs fit)
                 widths:tuple=UNIFORM_WIDTHS # Allowed widths
@@ -175,8 +170,7 @@ def method_config(method:str, # Registered method name
     cls = config_class_for(method)
     names = {f.name for f in fields(cls)}
     base = cls.from_settings(st)
-    kw = {f.name: getattr(base, f.name) for f in fields(cls)}
-    for k in [k for k in kw if k in {f.name for f in fields(SearchConfig)} and _own_default(cls, k)]: kw.pop(k)
+    kw = {f.name: getattr(base, f.name) for f in fields(cls)}   # a method's own section wins over [search] (AMED's bits in [amed])
     over = dict(budget=budget, seed=seed, device=sc.device, bits=sc.bits, int8_epochs=sc.int8_epochs, e1=sc.e1, e2=sc.e2,
                 rounds1=sc.rounds1, max_steps=sc.max_steps, epochs=sc.epochs, batch_size=sc.batch_size, pin_first_last=sc.pin_first_last)
     kw.update({k: v for k, v in over.items() if v is not None and k in names})

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 import sys
 from pathlib import Path
-from .core import SQError, Cancelled, resolve_device, seed_everything, atomic_write
+from .core import SQError, ini_defaults, load_settings, Cancelled, resolve_device, seed_everything, atomic_write
 from .quant import observing, bad_steps
 from .models import get_model, check_model_input
 
@@ -30,22 +30,25 @@ __all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'param_groups', 'make_optim
 OPTIMIZERS, SCHEDULES = ("sgd", "adam"), ("cosine", "onecycle", "constant")
 
 @dataclass(frozen=True)
+@ini_defaults("train")   # defaults: settings.ini [train] (the QAT recipe); `epochs` is set per call
 class TrainConfig:
     "How a model is trained for some epochs (FP32 or QAT)."
     epochs:int=1 # Epochs
-    lr:float=0.01 # Peak learning rate
-    optimizer:str="sgd" # sgd | adam
-    momentum:float=0.9 # SGD momentum
-    weight_decay:float=5e-4 # Weight decay
-    schedule:str="cosine" # cosine | onecycle | constant
-    bf16:bool=True # bf16 autocast on CUDA (ignored on CPU)
-    label_smoothing:float=0.0 # Cross-entropy label smoothing
-    log_every:int=0 # Loss read-back (host sync) every N batches; 0 = ~10 per epoch
+    lr:float # Peak learning rate
+    optimizer:str # sgd | adam
+    momentum:float # SGD momentum
+    weight_decay:float # Weight decay
+    schedule:str # cosine | onecycle | constant
+    bf16:bool # bf16 autocast on CUDA (ignored on CPU)
+    label_smoothing:float # Cross-entropy label smoothing
+    log_every:int # Loss read-back (host sync) every N batches; 0 = ~10 per epoch
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS: raise SQError(f"optimizer {self.optimizer!r} is unknown", f"use one of {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES: raise SQError(f"schedule {self.schedule!r} is unknown", f"use one of {', '.join(SCHEDULES)}")
         if not (isinstance(self.epochs, int) and self.epochs >= 0): raise SQError(f"epochs={self.epochs!r} is not a non-negative integer", "give epochs as 0, 1, 2, ...")
         if not (self.lr > 0 and math.isfinite(self.lr)): raise SQError(f"lr={self.lr} is not a positive number", "give a learning rate such as 0.01")
+        if not 0 <= self.label_smoothing < 1: raise SQError(f"label_smoothing={self.label_smoothing} is outside [0, 1)", "give e.g. 0.1 (0: none)")
+        if not (0 <= self.weight_decay and 0 <= self.momentum < 1): raise SQError(f"weight_decay={self.weight_decay}, momentum={self.momentum} out of range", "give weight_decay >= 0 and momentum in [0, 1)")
 
 def param_groups(model:nn.Module, weight_decay:float) -> list[dict]:
     "Trainable parameters in two groups: learned quantizer steps (no weight decay: it would shrink the grids) and the rest."
@@ -186,9 +189,22 @@ def calibrate_(model:nn.Module, # Quantized (or float) model, changed in place
 def float_model(data, # DataBundle
                 model_name:str, # Model name for `get_model`
                 *, weights:str|None=None, # Path to a float state_dict to load instead of training
-                epochs:int=15, lr:float=0.05, batch_size:int=128, seed:int=0, device="cpu",
-                cache_dir:str|Path|None=None, progress:bool=True):
-    "A trained float model: loaded, cached, or trained now."
+                epochs:int|None=None, # Epochs (None: settings.ini [train] fp_epochs)
+                lr:float|None=None, # Peak one-cycle learning rate (None: [train] fp_lr)
+                weight_decay:float|None=None, # (None: [train] fp_weight_decay)
+                label_smoothing:float|None=None, # (None: [train] fp_label_smoothing)
+                batch_size:int|None=None, seed:int|None=None, # (None: [data] batch_size, seed)
+                device:str|None=None, # (None: [train] device)
+                cache_dir:str|Path|None=None, progress:bool=True,
+                settings=None): # `Settings` the unset parts come from (default: `load_settings()`)
+    "A trained float model: loaded, cached, or trained now (the recipe's unset parts from settings.ini)."
+    st = settings if settings is not None else load_settings()
+    epochs, lr, batch_size, seed = (epochs or st.int("train", "fp_epochs"), lr or st.float("train", "fp_lr"),
+                                    batch_size or st.int("data", "batch_size"), st.int("data", "seed") if seed is None else seed)
+    wd = st.float("train", "fp_weight_decay") if weight_decay is None else weight_decay
+    ls = st.float("train", "fp_label_smoothing") if label_smoothing is None else label_smoothing
+    recipe = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", weight_decay=wd, label_smoothing=ls)
+    device = device or st.str("train", "device")
     seed_everything(seed)
     model = get_model(model_name, data.num_classes, data.in_shape)
     check_model_input(model, data.in_shape)
@@ -199,14 +215,14 @@ def float_model(data, # DataBundle
         except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
         return model
     # keyed by the data's content (`DataBundle.digest`) and the recipe: other or edited data trains its own model
-    key = f"fp32-{data.name}-{model_name}-{data.digest()}-onecycle-e{epochs}-lr{lr}-b{batch_size}-s{seed}.pt".replace("/", "_")
+    key = f"fp32-{data.name}-{model_name}-{data.digest()}-onecycle-e{epochs}-lr{lr}-wd{wd:g}-ls{ls:g}-{recipe.optimizer}{recipe.momentum:g}-b{batch_size}-s{seed}.pt".replace("/", "_")
     path = Path(cache_dir)/key if cache_dir is not None else None
     if path is not None and path.exists():
         try: model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)); return model
         except Exception: pass   # a stale cache entry is simply retrained
     dev = resolve_device(device); model.to(dev)
     train_(model, data.loader("train", batch_size=batch_size, device=dev, seed=seed),
-           TrainConfig(epochs=epochs, lr=lr, schedule="onecycle"), progress=progress, desc="fp32")
+           recipe, progress=progress, desc="fp32")
     model.cpu()
     if path is not None:
         try:

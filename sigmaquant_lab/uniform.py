@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .core import SQError, check_bits
+from .core import SQError, ini_defaults, check_bits
 from .quant import get_act_bits
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy, search
 # the helpers every strategy shares live in search; imported here too, where earlier code found them
@@ -21,12 +21,13 @@ __all__ = ['UniformConfig', 'Uniform', 'random_bit_map', 'random_map', 'RandomCo
 
 # %% ../nbs/10a_uniform.ipynb #ef35500d
 @dataclass(frozen=True)
+@ini_defaults("uniform")   # defaults: settings.ini [uniform]
 class UniformConfig(SearchConfig):
     "Uniform baseline: every layer at `w_bits` (and optionally every activation at `a_bits`), or the widest pair within the budgets."
-    w_bits:int|None=4 # Weight width of every layer (2, 3, 4, 6, 8 ...); None: the widest W_xA_y pair of the candidates within every cost budget
-    a_bits:int|None=None # Activation width of every layer (None: the quantizer's, 8)
-    epochs:int=8 # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
-    cycle_epochs:int=0 # Epochs per QAT cycle, one step each (0: one cycle)
+    w_bits:int|None # Weight width of every layer (2, 3, 4, 6, 8 ...); None: the widest W_xA_y pair of the candidates within every cost budget
+    a_bits:int|None # Activation width of every layer (None: the quantizer's, 8)
+    epochs:int # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
+    cycle_epochs:int # Epochs per QAT cycle, one step each (0: one cycle)
     def __post_init__(self):
         if self.w_bits is not None:
             if isinstance(self.w_bits, bool) or not isinstance(self.w_bits, int) or not 2 <= self.w_bits <= 8:
@@ -131,12 +132,13 @@ def random_map(ctx, # SearchContext
 
 # %% ../nbs/10a_uniform.ipynb #e3ee74f2
 @dataclass(frozen=True)
+@ini_defaults("random")   # defaults: settings.ini [random]
 class RandomConfig(SearchConfig):
     "Random-bit-map baseline at (at most, and about) a target size."
-    size_frac:float|None=None # Target size of the map as a fraction of INT8 (None: the budget's size_frac)
-    map_seed:int|None=None # Seed of the map draw (None: `seed`)
-    epochs:int=8 # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
-    cycle_epochs:int=0 # Epochs per QAT cycle, one step each (0: one cycle)
+    size_frac:float|None # Target size of the map as a fraction of INT8 (None: the budget's size_frac)
+    map_seed:int|None # Seed of the map draw (None: `seed`)
+    epochs:int # QAT epochs after the INT8 reference (same budget as SigmaQuant: `search_epochs(result)`)
+    cycle_epochs:int # Epochs per QAT cycle, one step each (0: one cycle)
     def __post_init__(self):
         super().__post_init__()
         _count("epochs", self.epochs); _count("cycle_epochs", self.cycle_epochs)

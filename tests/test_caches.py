@@ -48,3 +48,8 @@ def test_float_model_cache_follows_the_data(tmp_path):
     # a different recipe is another entry as well
     float_model(db, "digits_cnn", epochs=2, batch_size=8, cache_dir=cache, progress=False)
     assert len(_entries(cache)) == 4
+    # the recipe's settings.ini parts (fp weight decay, label smoothing) are part of the key: a user's file that changes them retrains
+    st = tmp_path/"settings.ini"; st.write_text("[train]\nfp_weight_decay = 0.001\nfp_label_smoothing = 0.1\n")
+    from sigmaquant_lab.core import load_settings
+    float_model(db, "digits_cnn", epochs=2, batch_size=8, cache_dir=cache, progress=False, settings=load_settings(st))
+    assert len(_entries(cache)) == 5 and any("wd0.001-ls0.1" in n for n in _entries(cache))
