@@ -87,7 +87,7 @@ class SweepConfig:
     methods:tuple|None=None # Method names (None: `default_methods()`)
     budgets:tuple|None=None # Budgets: `Budget`s, dicts or size fractions (None: the settings' budget)
     seeds:tuple=(0, 1, 2) # Search seeds (the float model is shared: its seed is the settings' data seed)
-    data:str="digits" # digits | cifar10 | path to an ImageFolder folder or .zip
+    data:str|None=None # digits | cifar10 | path to an ImageFolder folder or .zip (None: settings.ini [data] dataset)
     limit:int|None=None # Keep only this many training images (quick tries)
     model:str|None=None # Model name (None: digits_cnn for digits, else resnet20)
     weights:str|None=None # Float state_dict to start from (None: train one for `fp_epochs`, cached)
@@ -104,7 +104,7 @@ class SweepConfig:
     match_epochs:str|None="sigmaquant" # Give fixed-budget methods the QAT epochs this method spent (None: off)
     batch_size:int|None=None # Batch size
     method_overrides:dict=field(default_factory=dict) # {method: {field: value}} for any other config field
-    device:str="auto" # auto | cpu | cuda[:N] for every run
+    device:str|None=None # auto | cpu | cuda[:N] for every run (None: settings.ini [train] device)
     out:str="sweeps" # Folder for the run records and sweep.json
     backend:str="ray" # ray | local (in-process, one run after another)
     num_cpus:int|None=None # CPUs of a local Ray (None: all)
@@ -114,6 +114,10 @@ class SweepConfig:
     settings:str|None=None # settings.ini (None: found from the working directory)
 
     def __post_init__(self):
+        if self.data is None or self.device is None:    # defaults live in settings.ini (the sweep's own, when it names one)
+            st = load_settings(self.settings)
+            if self.data is None: object.__setattr__(self, "data", OPTIONS["data"].default(st))
+            if self.device is None: object.__setattr__(self, "device", OPTIONS["device"].default(st))
         for k in ("methods", "budgets", "seeds", "bits"):
             v = getattr(self, k)
             if v is None: continue
@@ -639,7 +643,7 @@ def _csv(kind, conv):
         return v
     return f
 
-_SWEEP_OPTS = ["data", "model", "weights", "limit", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size"]
+_SWEEP_OPTS = ["data", "model", "weights", "limit", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size", "device"]
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     "Add the `sweep` subcommand to a CLI's subparsers."
@@ -669,7 +673,6 @@ def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--cpus-per-task", type=int, default=1, help="CPUs and torch threads per run")
     r.add_argument("--gpus-per-task", type=float, default=1.0, help="GPUs per run on CUDA (0.25: four runs share a GPU)")
     r.add_argument("--retries", type=int, default=1, help="extra attempts for a failed run")
-    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     r.add_argument("--out", default="sweeps", help="folder for the run records, sweep.json and sweep.md")
     r.add_argument("--quiet", action="store_true", help="no line per finished run")
     s.set_defaults(func=cmd_sweep)
@@ -693,11 +696,11 @@ def sweep_config_from_args(a) -> SweepConfig:
         if m not in {c.name for c in STRATEGIES.values()}:
             raise SQError(f"--set {item!r} names no method {m!r}", f"use one of {', '.join(sorted(c.name for c in STRATEGIES.values()))}")
         over.setdefault(m, {})[f] = parse_field(config_class_for(m), f, val, f"--set {m}.")
-    return SweepConfig(methods=a.methods, budgets=tuple(budgets), seeds=a.seeds, data=v["data"] or OPTIONS["data"].default(st), limit=v["limit"],
+    return SweepConfig(methods=a.methods, budgets=tuple(budgets), seeds=a.seeds, data=v["data"], limit=v["limit"],
                        model=v["model"], weights=v["weights"], fp_epochs=v["fp_epochs"], quantizer=v["quantizer"], bits=v["bits"],
                        int8_epochs=v["int8_epochs"], e1=v["e1"], e2=v["e2"], rounds1=v["rounds1"], max_steps=v["max_steps"], epochs=a.epochs,
                        match_epochs=match, batch_size=v["batch_size"],
-                       method_overrides=over, device=a.device, out=a.out, backend=a.backend, num_cpus=a.num_cpus, cpus_per_task=a.cpus_per_task,
+                       method_overrides=over, device=v["device"], out=a.out, backend=a.backend, num_cpus=a.num_cpus, cpus_per_task=a.cpus_per_task,
                        gpus_per_task=a.gpus_per_task, retries=a.retries, settings=getattr(a, "settings", None))
 
 def cmd_sweep(a, out=None) -> int:
