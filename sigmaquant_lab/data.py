@@ -215,6 +215,11 @@ def check_splits(data:DataBundle, # The bundle a search will train, validate and
                 ) -> DataBundle:
     "Refuse, before any training, splits too small to train a model and judge it, with the count per split and what changes them."
     C = data.num_classes
+    present = sorted({int(v) for v in data.split("train")[1].tolist()})
+    if len(present) < 2:
+        names = [data.classes[i] if i < len(getattr(data, "classes", []) or []) else str(i) for i in present]
+        raise SQError(f"{data.name} has {len(present)} class in its training split ({', '.join(names) or 'no labels'}): every prediction is right "
+                      "by construction, so accuracy says nothing about quantization", "give data with at least two classes (an ImageFolder: one folder per class)")
     n = {s: len(data.split(s)[1]) for s in _SPLITS}
     need = dict(train=min_train * C, val=min_eval * C, test=min_eval * C)
     if any(n[s] < need[s] for s in _SPLITS):
@@ -435,15 +440,16 @@ def _decode_tree(root:Path, layout:dict, image_size, limit_per_class, progress, 
     return out
 
 def _tree_key(layout:dict) -> list:
-    "Source key of a folder: every image's relative path, size and modification time."
+    "Source key of a folder by content: every image's relative path and bytes (a file rewritten with its old size and time is seen)."
     h = hashlib.sha1()
     for s, d in sorted(layout.items()):
         for dp, dns, fns in os.walk(d, followlinks=True):
             dns.sort()
             for fn in sorted(fns):
                 if fn.lower().endswith(_img_extensions()):
-                    st = os.stat(os.path.join(dp, fn))
-                    h.update(f"{s}/{os.path.relpath(os.path.join(dp, fn), d)}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+                    p = os.path.join(dp, fn)
+                    h.update(f"{s}/{os.path.relpath(p, d)}\n".encode())
+                    with open(p, "rb") as f: h.update(hashlib.file_digest(f, "sha1").digest())
     return ["dir", h.hexdigest()]
 
 def _load_cache(p:Path):

@@ -16,7 +16,7 @@ from .core import SQError, load_settings
 from .data import DataBundle, stratified_split, channel_stats, _check_split_frac
 
 # %% auto #0
-__all__ = ['as_data', 'splits_note']
+__all__ = ['as_data', 'check_model_data', 'splits_note']
 
 # %% ../nbs/04b_dataforms.ipynb #d4b00005
 def _tensor(v, what:str) -> torch.Tensor:
@@ -87,6 +87,7 @@ def as_data(obj, # DataBundle, Dataset, DataLoader or (x, y) pair
     test_frac = _check_split_frac("test_frac", test_frac)
     seed = s.int("data", "seed") if seed is None else int(seed)
     x, y, form, classes = _read(obj, max_samples); x, y = _trim(x, y, max_samples)
+    if len(y) == 0: raise SQError(f"the {form} is empty", "give data with at least one sample per class")
     if len(x) != len(y): raise SQError(f"{len(x)} inputs but {len(y)} labels", "give one label per input")
     if x.ndim not in (2, 4): raise SQError(f"inputs have shape {tuple(x.shape)}", "give images as (N, C, H, W) or features as (N, F)")
     if test is not None:
@@ -111,6 +112,28 @@ def as_data(obj, # DataBundle, Dataset, DataLoader or (x, y) pair
                      test="given" if test is not None else test_frac, val_frac=val_frac, seed=seed, stratified=True,
                      normalized=mean is not None, note=note)
     return b
+
+def check_model_data(model, # The float model (run on two samples; left as it was)
+                     data, # A `DataBundle`
+                     name:str|None=None # Model name for messages (default: its class name)
+                    ):
+    "Refuse, in one line, a model that cannot run on the data's samples or has fewer outputs than the data has classes."
+    import copy
+    name = name or type(model).__name__
+    x = data.x_val[:2] if len(data.y_val) else data.x_train[:2]
+    m = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad(): out = m(data.normalize(x) if hasattr(data, "normalize") else x.float())
+    except Exception as e:
+        raise SQError(f"{name} cannot run on the data's inputs of shape {tuple(data.in_shape)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
+                      "pass data whose samples have the input shape your model expects") from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise SQError(f"{name} returns {got}, not (batch, classes) logits", "give the model a classifier head that returns one logit per class")
+    if out.shape[1] < data.num_classes:
+        raise SQError(f"{name} returns {out.shape[1]} logits but the data has {data.num_classes} classes (labels up to {data.num_classes - 1})",
+                      f"give the model at least {data.num_classes} outputs, or data whose labels are 0 … {out.shape[1] - 1}")
+    return data
 
 def splits_note(data) -> str:
     "One line saying where a bundle's splits come from (for a view or a log)."

@@ -17,8 +17,8 @@ import torch
 from fastcore.basics import patch
 
 from .core import SQError, Budget, check_bits, load_settings
-from .data import get_data, find_cifar10
-from .dataforms import as_data, splits_note
+from .data import get_data, find_cifar10, check_splits
+from .dataforms import as_data, splits_note, check_model_data
 from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
@@ -42,9 +42,10 @@ class Workbench:
     def __init__(self, data, # DataBundle
                  model, # Trained float model
                  model_name:str, # Its name (for labels)
-                 hw:HardwareConfig|None=None): # Hardware constants (default: settings.ini [hardware])
-        self.data, self.model, self.model_name = data, model, model_name
-        self.cost_model = CostModel.from_model(model, data.in_shape, hw=hw if hw is not None else HardwareConfig.from_settings())
+                 hw:HardwareConfig|None=None, # Hardware constants (default: settings.ini [hardware])
+                 strict:bool=True): # Refuse weighted layers that cannot be quantized (False: keep them in float, as `SearchConfig.strict`)
+        self.data, self.model, self.model_name, self.strict = data, model, model_name, strict
+        self.cost_model = CostModel.from_model(model, data.in_shape, hw=hw if hw is not None else HardwareConfig.from_settings(), strict=strict)
         # the layers a search moves (`search_units`: one per weight tensor, only those inference calls), so previews match runs
         mods = dict(model.named_modules())
         self.names, self.sigma, self.sigma_n = layer_sigmas({n: mods[n].weight.detach() for n in search_units(model, self.cost_model)[0]}, "minmax")
@@ -255,10 +256,12 @@ class ExplorerState(param.Parameterized):
     # budget sliders: ends inside the CLI's option spec (options.OPTIONS), defaults from settings.ini (see __init__)
     max_acc_drop = param.Number(0.01, bounds=widget_bounds("max_acc_drop", hi=0.1), step=0.0025, label="Max accuracy drop vs INT8")
     size_frac = param.Number(0.35, bounds=widget_bounds("size_frac", lo=0.12), step=0.01, label="Size budget (fraction of INT8)")
+    # (1.0 = INT8's energy, no saving asked: where the slider starts when settings.ini [search] energy_frac is empty)
     energy_frac = param.Number(1.0, bounds=widget_bounds("energy_frac", lo=0.3, hi=1.5), step=0.01, label="Energy budget (fraction of INT8, simulated)")
-    bits = param.ListSelector(default=[2, 4, 6, 8], objects=[1, 2, 3, 4, 5, 6, 7, 8], label="Candidate bits")
+    bits = param.ListSelector(default=[], objects=[1, 2, 3, 4, 5, 6, 7, 8], label="Candidate bits")
     mac = param.Selector(default="shift_add", objects={MAC_LABELS[m]: m for m in MAC_TYPES}, label="MAC type")
     lam = param.Number(0.0, bounds=(0.0, 1.0), step=0.05, label="λ (Phase-1 cluster balance)")
+    strict = param.Boolean(True, precedence=-1, doc="Refuse a model with weighted layers that cannot be quantized (False: keep them in float, as `SearchConfig.strict`)")
     epochs = param.Integer(1, bounds=widget_bounds("e2", lo=1, hi=8), label="QAT epochs per round / step")
     max_steps = param.Integer(8, bounds=widget_bounds("max_steps", lo=1, hi=40), label="Max refinement steps")
     auto_refine = param.Boolean(True, label="Refine on every change")
@@ -285,6 +288,10 @@ class ExplorerState(param.Parameterized):
         s = settings or load_settings()
         # defaults live in settings.ini: the budgets from [search], the interactive knobs from [explorer]
         for n in ("max_acc_drop", "size_frac"): params.setdefault(n, self._clip(n, OPTIONS[n].default(s)))
+        if (e := OPTIONS["energy_frac"].default(s)) is not None: params.setdefault("energy_frac", self._clip("energy_frac", e))
+        params.setdefault("bits", list(OPTIONS["bits"].default(s)))
+        params.setdefault("mac", s.str("search", "mac")); params.setdefault("lam", self._clip("lam", s.float("search", "lambda0")))
+        params.setdefault("strict", s.bool("search", "strict"))
         for n in ("epochs", "max_steps", "fp_epochs", "train_limit"): params.setdefault(n, self._clip(n, s.int("explorer", n)))
         super().__init__(**params)
         ds = available_datasets(s)
@@ -431,7 +438,8 @@ def _on_RunFinished(self:ExplorerState, ev):
     self.snapshot = _with_row(replace(s, **kw), self._row(ev))
     self.status, self.progress = ("cancelled", 0.0) if ev.status == "CANCELLED" else ("done", 1.0)
     if ev.acc != ev.acc: self.message = f"{ev.status} · {ev.reason or 'stopped'}"; return   # cancelled, not measured
-    drop = f" ({(self._ref_acc - ev.acc) * 100:+.2f} pt vs INT8)" if self._ref_acc is not None else ""
+    d = (self._ref_acc - ev.acc) * 100 if self._ref_acc is not None else None
+    drop = "" if d is None else f" ({d:.2f} pt below INT8)" if d > 0.005 else f" ({-d:.2f} pt above INT8)" if d < -0.005 else " (as INT8)"
     self.message = (f"{ev.status} · val {ev.acc:.2%}{drop} · size {ev.costs.get('size_frac', float('nan')):.1%} of INT8"
                     + (f" · {ev.reason}" if ev.reason else ""))
 
@@ -500,7 +508,8 @@ def search_config(self:ExplorerState) -> SigmaQuantConfig:
     "The SigmaQuant config the inputs describe: short QAT cycles, λ as the first Phase-1 λ (raises `SQError` when infeasible)."
     b = self.budget().check_reachable(self.bits)
     return SigmaQuantConfig.from_settings(self.settings, bits=tuple(self.bits), budget=b, mac=self.mac, hardware=self.workbench.cost_model.hw,
-                                          lambda0=float(self.lam), e1=self.epochs, e2=self.epochs, int8_epochs=1, max_steps=self.max_steps)
+                                          lambda0=float(self.lam), e1=self.epochs, e2=self.epochs, int8_epochs=1, max_steps=self.max_steps,
+                                          strict=self.workbench.strict)
 
 @patch
 def refine(self:ExplorerState, resume:bool=False):
@@ -653,15 +662,12 @@ def for_model(cls:ExplorerState, model, # Your trained float model (any nn.Modul
         raise SQError(f"{type(model).__name__} has no Conv2d or Linear layer to quantize", "pass a CNN with Conv2d/Linear layers")
     s = settings or load_settings()
     bundle = as_data(data, settings=s)
+    check_splits(bundle)                                # too few samples, or one class: refused here, before the app shows
+    check_model_data(model, bundle)                     # samples the model cannot take, labels beyond its outputs
     m = copy.deepcopy(model).cpu().eval()
-    try:
-        with torch.no_grad(): m(bundle.normalize(bundle.x_val[:2]))
-    except Exception as e:
-        raise SQError(f"{type(model).__name__} cannot run on the data's inputs of shape {bundle.in_shape}: {type(e).__name__}: {e}",
-                      "pass data whose samples have the input shape your model expects") from None
     st = cls(settings=s, **params)
     with param.edit_constant(st): st.given = True
-    st.apply(WorkbenchLoaded(Workbench(bundle, m, name or type(model).__name__, HardwareConfig.from_settings(s))))
+    st.apply(WorkbenchLoaded(Workbench(bundle, m, name or type(model).__name__, HardwareConfig.from_settings(s), strict=st.strict)))
     return st
 
 # %% ../nbs/14_explorer.ipynb #e13a0021

@@ -89,7 +89,7 @@ def _costed_modules(model, filter_fn, strict=True):
         more = f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
         raise SQError(f"the hardware model cannot cost {len(unknown)} layer(s) with parameters: {', '.join(unknown[:6])}{more}",
                       "only Conv2d and Linear are modelled; replace these layers, exclude them with filter_fn=lambda name, m: ..., "
-                      "or keep them in float with strict=False (search: SearchConfig(strict=False), CLI: --set strict=false)")
+                      "or keep them in float with strict=False (search: SearchConfig(strict=False), explore: strict=False, CLI: --set strict=false)")
     if not costed: raise SQError("the model has no Conv2d or Linear layer to cost", "check the model and filter_fn")
     return (costed, floats) if not strict else costed
 

@@ -24,7 +24,7 @@ from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
 __all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'widget_bounds',
-           'parse_field', 'apply_sets', 'data_kwargs', 'input_data', 'input_model']
+           'parse_field', 'set_field', 'parse_path', 'apply_sets', 'data_kwargs', 'input_data', 'input_model']
 
 # %% ../nbs/11a_options.ipynb #op05aa
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class InputConfig:
     limit:int|None=None # Keep only this many training images (quick tries; validation and test shrink alike)
     val_frac:float|None=None # Fraction of the training images held out for validation
     fp_epochs:int|None=None # Epochs to train the float model when no weights are given
+    def __post_init__(self):   # the option spec's bounds (OPTIONS below), also for the Python API: limit=0 is refused, not ignored
+        for f in fields(self):
+            if getattr(self, f.name) is not None and f.name in OPTIONS: OPTIONS[f.name].parse(getattr(self, f.name))
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -233,6 +236,36 @@ def parse_field(cls:type, # Config dataclass
     try: return json.loads(s)
     except json.JSONDecodeError: return s
 
+def _nested(cfg, key:str, raw, flag:str):
+    "(config holding the last part of the dotted `key`, [(parent, field), ...] above it, last part)."
+    path, obj, chain = key.strip().split("."), cfg, []
+    for p in path[:-1]:
+        chain.append((obj, p)); obj = getattr(obj, p, None) if p in {f.name for f in fields(obj)} else None
+        if obj is None or not dataclasses.is_dataclass(obj):
+            raise SQError(f"{flag} {key}={raw} names no nested config {p!r} of {type(chain[-1][0]).__name__}",
+                          f"use one of {', '.join(f.name for f in fields(chain[-1][0]) if dataclasses.is_dataclass(getattr(chain[-1][0], f.name)))}")
+    return obj, chain, path[-1]
+
+def set_field(cfg, # A config dataclass instance
+              key:str, # Field name; dotted for a nested config, e.g. quant.act_percentile
+              value, # The typed value
+              flag:str="--set"):
+    "`cfg` with field `key` set to `value` (checked again by the configs on the way up)."
+    obj, chain, last = _nested(cfg, key, value, flag)
+    if last not in {f.name for f in fields(obj)}:
+        raise SQError(f"{flag} {key}={value} names no field of {type(obj).__name__}", f"use one of {', '.join(sorted(f.name for f in fields(obj)))}")
+    new = dataclasses.replace(obj, **{last: value})
+    for parent, p in reversed(chain): new = dataclasses.replace(parent, **{p: new})
+    return new
+
+def parse_path(cls:type, # Config dataclass (its defaults must build: settings.ini gives them)
+               key:str, # Field name; dotted for a nested config
+               raw:str, # The text after `=`
+               flag:str="--set"):
+    "The typed value of `raw` for the (dotted) field `key` of `cls`."
+    obj, _, last = _nested(cls(), key, raw, flag)
+    return parse_field(type(obj), last, raw, flag)
+
 def apply_sets(cfg, # A config dataclass instance
                items:list, # ["KEY=VALUE", "nested.KEY=VALUE", ...]
                flag:str="--set"):
@@ -240,15 +273,8 @@ def apply_sets(cfg, # A config dataclass instance
     for it in items:
         key, eq, raw = it.partition("=")
         if not eq: raise SQError(f"{flag} {it!r} is not KEY=VALUE", f"write e.g. {flag} e2=1")
-        path, obj, chain = key.strip().split("."), cfg, []
-        for p in path[:-1]:
-            chain.append((obj, p)); obj = getattr(obj, p, None) if p in {f.name for f in fields(obj)} else None
-            if obj is None or not dataclasses.is_dataclass(obj):
-                raise SQError(f"{flag} {key}={raw} names no nested config {p!r} of {type(chain[-1][0]).__name__}",
-                              f"use one of {', '.join(f.name for f in fields(chain[-1][0]) if dataclasses.is_dataclass(getattr(chain[-1][0], f.name)))}")
-        new = dataclasses.replace(obj, **{path[-1]: parse_field(type(obj), path[-1], raw, flag)})
-        for parent, p in reversed(chain): new = dataclasses.replace(parent, **{p: new})
-        cfg = new
+        obj, _, last = _nested(cfg, key, raw, flag)
+        cfg = set_field(cfg, key.strip(), parse_field(type(obj), last, raw, flag), flag)
     return cfg
 
 # %% ../nbs/11a_options.ipynb #op13bb

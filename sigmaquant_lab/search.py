@@ -22,7 +22,7 @@ from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, calibrate_
 from .runs import RunDir
 from .data import DataBundle, check_splits
-from .dataforms import as_data
+from .dataforms import as_data, check_model_data
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
 
 # %% auto #0
@@ -629,8 +629,9 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     if not isinstance(data, DataBundle) and not hasattr(data, "loader"): data = as_data(data)   # the same data forms as `explore`
     strat.validate(model, data)
+    if hasattr(data, "split"): check_splits(data)             # too few images (or one class) to train and judge a model
+    if isinstance(data, DataBundle): check_model_data(model, data)   # samples the model cannot take, labels beyond its outputs
     hw = cost_model(model, data, cfg)
-    if hasattr(data, "split"): check_splits(data)             # too few images to train and judge a model
     check_floor(hw, search_units(model, hw)[0], cfg)          # a budget no map can meet: refused before anything is trained or written
     if reference is not None and not resume and reference.key != reference_key(model, data, cfg):
         raise SQError("the INT8 reference passed to search was built for another model, data or QAT recipe",

@@ -20,7 +20,7 @@ from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL
 from .search import search, check_floor, cost_model, cpu_state, search_units, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
-from .options import OPTIONS, InputConfig, add_options, option_values, parse_field, input_data, input_model
+from .options import OPTIONS, InputConfig, add_options, option_values, parse_path, set_field, input_data, input_model
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
 from .quant import quantizable_layers
@@ -89,6 +89,9 @@ class SweepConfig:
     seeds:tuple=(0, 1, 2) # Search seeds (the float model is shared: its seed is the settings' data seed)
     data:str|None=None # digits | cifar10 | path to an ImageFolder folder or .zip (None: settings.ini [data] dataset)
     limit:int|None=None # Keep only this many training images (quick tries)
+    image_size:int|None=None # Resize ImageFolder images to this size in pixels (None: keep; all must match)
+    sha256:str|None=None # Expected sha256 of a `data` zip
+    val_frac:float|None=None # Fraction of the training images held out for validation (None: settings.ini [data] val_frac)
     model:str|None=None # Model name (None: digits_cnn for digits, else resnet20)
     weights:str|None=None # Float state_dict to start from (None: train one for `fp_epochs`, cached)
     fp_epochs:int|None=None # Epochs of the float model when no `weights`
@@ -103,7 +106,7 @@ class SweepConfig:
     epochs:int|None=None # QAT epochs of fixed-budget methods (an `epochs` field) when not matched
     match_epochs:str|None="sigmaquant" # Give fixed-budget methods the QAT epochs this method spent (None: off)
     batch_size:int|None=None # Batch size
-    method_overrides:dict=field(default_factory=dict) # {method: {field: value}} for any other config field
+    method_overrides:dict=field(default_factory=dict) # {method: {field: value}} for any other config field (dotted for a nested one: "quant.act_percentile")
     device:str|None=None # auto | cpu | cuda[:N] for every run (None: settings.ini [train] device)
     out:str="sweeps" # Folder for the run records and sweep.json
     backend:str="ray" # ray | local (in-process, one run after another)
@@ -142,6 +145,11 @@ class SweepConfig:
             raise SQError(f"quantizer={self.quantizer!r} is unknown", "use minmax or lsq")
         if not isinstance(self.method_overrides, dict) or not all(isinstance(v, dict) for v in self.method_overrides.values()):
             raise SQError(f"method_overrides={self.method_overrides!r} is not a dict of dicts", "give e.g. {'amed': {'finetune_epochs': 1}}")
+        idle = sorted(set(self.method_overrides) - set(self.methods or default_methods()))
+        if idle: raise SQError(f"method_overrides (--set) name {', '.join(idle)}, which this sweep does not run",
+                               f"add {', '.join(idle)} to the methods (--methods) or drop those overrides")
+        for k in ("image_size", "val_frac"):
+            if getattr(self, k) is not None: OPTIONS[k].parse(getattr(self, k))
 
     def to_dict(self) -> dict: return to_jsonable(self)
 
@@ -180,7 +188,8 @@ def method_config(method:str, # Registered method name
     kw.update({k: v for k, v in over.items() if v is not None and k in names})
     if sc.quantizer: kw["quant"] = replace(kw["quant"], quantizer=sc.quantizer)
     mo = dict(sc.method_overrides.get(method, {}))
-    bad = sorted(set(mo) - names)
+    nested = {k: mo.pop(k) for k in [k for k in mo if "." in k]}          # e.g. quant.act_percentile: set on the built config
+    bad = sorted(set(mo) - names) + sorted(k for k in nested if k.split(".")[0] not in names)
     if bad: raise SQError(f"method_overrides for {method} name unknown field(s) {bad}", f"use fields of {cls.__name__}: {', '.join(sorted(names))}")
     fit = "w_bits" in names and "w_bits" not in mo
     if fit and issubclass(cls, UniformConfig):      # the widest W/A pair within every cost budget, pins and image input counted
@@ -191,6 +200,7 @@ def method_config(method:str, # Registered method name
         cfg = cls(**kw)
         if fit and cfg.w_bits not in cfg.bits:        # a config that does not add its width to the candidates: fit within them
             cfg = cls(**{**kw, **fit_uniform(budget, names, cfg.bits), **mo})
+        for k, v in nested.items(): cfg = set_field(cfg, k, v, f"method_overrides {method}:")
         cfg.budget.check_reachable(cfg.bits, getattr(cfg, "act_bits", None))
     except TypeError as e: raise SQError(f"{method} config cannot be built: {e}", "check method_overrides") from None
     except SQError as e: raise SQError(f"{method} at budget {budget_tag(budget)}: {e.problem}", e.fix) from None
@@ -444,11 +454,12 @@ def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     "Data bundle, float state_dict and run meta of a sweep (the float model is trained once, here, and cached)."
     st = settings or load_settings(sc.settings)
     # one input-setup path with the CLI and the explorer (options.input_data / input_model): too few images are refused there
-    inp = InputConfig(data=sc.data, model=sc.model, weights=sc.weights, limit=sc.limit, fp_epochs=sc.fp_epochs)
+    inp = InputConfig(data=sc.data, model=sc.model, weights=sc.weights, limit=sc.limit, fp_epochs=sc.fp_epochs,
+                      image_size=sc.image_size, sha256=sc.sha256, val_frac=sc.val_frac)
     data, model_name = input_data(inp, st, progress=progress)
     m = input_model(inp, data, model_name, st, batch_size=sc.batch_size, device=sc.device, progress=progress)
     state = cpu_state(m)
-    meta = dict(model_name=model_name, data_arg=sc.data, image_size=None, limit=sc.limit, float_sha1=_float_sha1(state))
+    meta = dict(model_name=model_name, data_arg=sc.data, image_size=sc.image_size, limit=sc.limit, val_frac=sc.val_frac, float_sha1=_float_sha1(state))
     return replace(data), state, meta   # `replace`: a copy without cached device tensors (cheap to ship to workers)
 
 def _uses_gpu(device:str) -> bool:
@@ -643,7 +654,7 @@ def _csv(kind, conv):
         return v
     return f
 
-_SWEEP_OPTS = ["data", "model", "weights", "limit", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size", "device"]
+_SWEEP_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size", "device"]
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     "Add the `sweep` subcommand to a CLI's subparsers."
@@ -695,8 +706,9 @@ def sweep_config_from_args(a) -> SweepConfig:
         if not (eq and dot and m and f): raise SQError(f"--set {item!r} is not METHOD.FIELD=VALUE", "write e.g. --set amed.finetune_epochs=1")
         if m not in {c.name for c in STRATEGIES.values()}:
             raise SQError(f"--set {item!r} names no method {m!r}", f"use one of {', '.join(sorted(c.name for c in STRATEGIES.values()))}")
-        over.setdefault(m, {})[f] = parse_field(config_class_for(m), f, val, f"--set {m}.")
+        over.setdefault(m, {})[f] = parse_path(config_class_for(m), f, val, f"--set {m}.")
     return SweepConfig(methods=a.methods, budgets=tuple(budgets), seeds=a.seeds, data=v["data"], limit=v["limit"],
+                       image_size=v["image_size"], sha256=v["sha256"], val_frac=v["val_frac"],
                        model=v["model"], weights=v["weights"], fp_epochs=v["fp_epochs"], quantizer=v["quantizer"], bits=v["bits"],
                        int8_epochs=v["int8_epochs"], e1=v["e1"], e2=v["e2"], rounds1=v["rounds1"], max_steps=v["max_steps"], epochs=a.epochs,
                        match_epochs=match, batch_size=v["batch_size"],

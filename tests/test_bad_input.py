@@ -26,6 +26,7 @@ nothing half-written. Kinds covered (file::test):
 23 weights file that does not fit the model      test_weights_that_do_not_fit
 24 a --data .zip that is not a zip               test_not_a_zip
 25 unknown search method / KL / σ normalisation  test_unknown_method_and_normalisations
+26 one-class dataset; labels beyond the outputs  test_one_class_dataset, nbs/04_data (check_splits), nbs/04b_dataforms
 """
 import errno, os, subprocess, sys
 from dataclasses import replace
@@ -110,6 +111,21 @@ def test_not_a_zip(tmp_path):
     z = tmp_path/"data.zip"; z.write_text("definitely not a zip")
     one_clear_line(cli(["search", *QUICK, "--data", str(z), "--out", str(tmp_path/"runs")], tmp_path), "data.zip")
     nothing_written(tmp_path/"runs")
+
+
+def test_one_class_dataset(tmp_path):
+    # accuracy is 100 % by construction with one class: refused before the float model is trained, nothing written
+    from sigmaquant_lab.data import make_toy_imagefolder
+    root = make_toy_imagefolder(tmp_path/"one", n=12, size=12, classes=("cat",))
+    r = cli(["search", *QUICK, "--data", str(root), "--model", "digits_cnn", "--out", str(tmp_path/"runs")], tmp_path)
+    one_clear_line(r, "1 class in its training split (cat)", "at least two classes")
+    nothing_written(tmp_path/"runs")
+    # a model with fewer outputs than the data has classes: refused by search() before anything is written
+    digits = get_data("digits").subset(300)
+    small = nn.Sequential(nn.Flatten(), nn.Linear(64, 4))
+    with pytest.raises(SQError, match="returns 4 logits but the data has 10 classes"):
+        search(small, digits, FixedBitsConfig(e1=0, int8_epochs=0), out_dir=tmp_path/"runs2")
+    nothing_written(tmp_path/"runs2")
 
 
 def test_unknown_method_and_normalisations():
