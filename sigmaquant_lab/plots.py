@@ -316,7 +316,7 @@ def log_row(ev, # A search event (or its dict)
     d = ev if isinstance(ev, dict) else ev.to_dict()
     c = d.get("costs") or {}
     acc = d.get("acc")
-    acc_s = "" if acc is None or acc != acc else f"{acc:.2%}" + ("" if ref_acc is None else f" ({(ref_acc - acc) * 100:+.2f} pt)")
+    acc_s = "" if acc is None or acc != acc else f"{acc:.2%}" + ("" if ref_acc is None else f" (drop {(ref_acc - acc) * 100:.2f} pt)")
     dec = d.get("decision") or d.get("status") or d.get("phase") or d.get("message", "")
     if d.get("reason"): dec = f"{dec}: {d['reason']}"
     return dict(t_s=round(float(t_s), 2), event=d.get("event", ""), phase=d.get("phase") or "", step=d.get("step", ""),

@@ -1,7 +1,7 @@
 """`explore(model, data)` in a real JupyterLab, offline: a temporary notebook builds a small custom model, calls
 `explore(...)` and shows the app inline; headless Chromium (Playwright, system `/usr/bin/chromium`) runs it with every
 non-localhost request blocked, moves a budget slider and checks that the views follow it, that no cell failed and
-that the page logged no console errors."""
+that the page logged no console errors. Set SIGMAQUANT_UPDATE_SCREENSHOT=1 to also write nbs/images/explore_jupyterlab.png."""
 import importlib.util, json, os, subprocess, sys, time, urllib.request
 from pathlib import Path
 
@@ -99,6 +99,10 @@ def test_explore_inline_in_jupyterlab(tmp_path):
                 assert time.monotonic() < end, page.evaluate(TITLE, "zone"); page.wait_for_timeout(100)
             assert "51%" in page.evaluate(TITLE, "bits") and "size ≤ 51%" in page.evaluate(TITLE, "costs")
             outputs = " ".join(page.locator(".jp-OutputArea-output").all_inner_texts())
+            if os.environ.get("SIGMAQUANT_UPDATE_SCREENSHOT"):                            # README's picture of the one-call use
+                page.set_viewport_size(dict(width=1500, height=2300)); page.wait_for_timeout(1500)
+                page.locator(".jp-Notebook .jp-Cell").nth(1).scroll_into_view_if_needed(); page.wait_for_timeout(500)
+                (ROOT/"nbs"/"images").mkdir(exist_ok=True); page.screenshot(path=str(ROOT/"nbs"/"images"/"explore_jupyterlab.png"))
             browser.close()
         assert "Traceback" not in outputs and "Error" not in outputs, outputs[-2000:]
         assert not errors, errors
