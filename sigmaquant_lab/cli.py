@@ -60,7 +60,7 @@ def _floats(s): return None if s in (None, "") else float(s)
 
 _data_kwargs = data_kwargs   # the one rule for get_data's keywords (options.data_kwargs)
 
-_DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac"]
+_DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "download"]
 _BUDGET_OPTS = ["max_acc_drop", "size_frac", "energy_frac", "latency_frac", "bops_frac"]
 _SEARCH_OPTS = ["bits", "act_bits", "quantizer", "fp_epochs", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "lr", "batch_size",
                 "pin_first_last", "seed"]
@@ -163,7 +163,7 @@ def cmd_search(a, out=None) -> int:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out)
     # one input-setup path with sweeps and the explorer (options.input_data / input_model); splits too small are refused there
     inp = InputConfig(**{k: (d if k in ("data", "fp_epochs") else v)[k] for k in ("data", "model", "weights", "image_size", "sha256", "limit",
-                                                                             "val_frac", "fp_epochs")})
+                                                                             "val_frac", "fp_epochs", "download")})
     data, model_name = input_data(inp, st, progress=not a.quiet)
     check_budgets(get_model(model_name, data.num_classes, data.in_shape), data, cfg)   # a budget below the floor: refused before training
     model = input_model(inp, data, model_name, st, batch_size=cfg.batch_size, seed=d["seed"], device=d["device"], progress=not a.quiet)

@@ -606,8 +606,8 @@ def load_cifar10(settings=None, # `Settings` (default: `load_settings()`)
     if p is None:
         roots = ", ".join(str(r) for r in data_roots(s))
         raise SQError(f"CIFAR-10 not found in {roots} (looked for cifar-10-batches-py/, cifar-10-python.tar.gz and {s.str('data', 'cifar10_zip')})",
-                      f"put one of them in data/, set [data] root or extra_roots in settings.ini, pass --data PATH/TO/cifar10-jpg.zip, "
-                      f"or get_data('cifar10', download=True) online")
+                      f"put one of them in {data_roots(s)[0]}, set [data] root or extra_roots in settings.ini, pass --data PATH/TO/cifar10-jpg.zip, "
+                      f"or fetch it online (CLI: --download; Python: get_data('cifar10', download=True))")
     base = dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed"))
     if p.suffix == ".zip":
         kw = dict(base, sha256=s.str("data", "cifar10_sha256") or None, cache_dir=s.path_("data", "cache"), name="cifar10") | kw

@@ -38,6 +38,7 @@ class InputConfig:
     limit:int|None=None # Keep only this many training images (quick tries; validation and test shrink alike)
     val_frac:float|None=None # Fraction of the training images held out for validation
     fp_epochs:int|None=None # Epochs to train the float model when no weights are given
+    download:bool=False # Fetch CIFAR-10 with torchvision's downloader when no data root holds it (needs internet)
     def __post_init__(self):   # the option spec's bounds (OPTIONS below), also for the Python API: limit=0 is refused, not ignored
         for f in fields(self):
             if getattr(self, f.name) is not None and f.name in OPTIONS: OPTIONS[f.name].parse(getattr(self, f.name))
@@ -61,7 +62,7 @@ class Opt:
     "One option: the config field it sets, how it parses, its meaningful values and its settings.ini default."
     owner:type # Dataclass whose documented field it sets (its comment is the help)
     name:str # Field name; the flag is --name with dashes
-    kind:str # int | float | optfloat | str | ints | choice
+    kind:str # int | float | optfloat | str | ints | choice | flag (on when given)
     lo:float|None=None # Smallest meaningful value (None: no bound)
     hi:float|None=None # Largest meaningful value (None: no bound)
     lo_open:bool=False # Exclude `lo` itself (fractions, rates)
@@ -111,6 +112,10 @@ class Opt:
         if not isinstance(raw, str): raw = ",".join(map(str, raw)) if isinstance(raw, (tuple, list)) else str(raw)
         s = raw.strip()
         if self.kind == "str": return s
+        if self.kind == "flag":
+            if s.lower() in ("1", "true", "yes", "on"): return True
+            if s.lower() in ("0", "false", "no", "off"): return False
+            raise self._bad(repr(s), "not true or false")
         if self.kind == "choice":
             if s not in self.choices: raise self._bad(repr(s), "not a known choice")
             return s
@@ -147,7 +152,7 @@ OPTIONS = {o.dest: o for o in [
     Opt(_I, "data", "str", setting="data.dataset"), Opt(_I, "model", "str"), Opt(_I, "weights", "str"),
     Opt(_I, "image_size", "int", lo=1, eg="32"), Opt(_I, "sha256", "str"), Opt(_I, "limit", "int", lo=1, eg="500"),
     Opt(_I, "val_frac", "float", lo=0, hi=0.9, lo_open=True, setting="data.val_frac"),
-    Opt(_I, "fp_epochs", "int", lo=1, setting="train.fp_epochs", eg="15"),
+    Opt(_I, "fp_epochs", "int", lo=1, setting="train.fp_epochs", eg="15"), Opt(_I, "download", "flag"),
     # budgets (fractions of the INT8 reference)
     Opt(_B, "max_acc_drop", "float", lo=0, hi=1),
     Opt(_B, "size_frac", "float", lo=0, hi=1, lo_open=True),
@@ -174,6 +179,7 @@ def add_options(group, # argparse parser or argument group
     "Add options to a parser: type and bounds are checked after parsing (`option_values`), so errors stay one line."
     for n in names:
         o = OPTIONS[n]
+        if o.kind == "flag": group.add_argument(o.flag, dest=o.dest, action="store_true", default=argparse.SUPPRESS, help=help_over.get(n, o.help())); continue
         group.add_argument(o.flag, dest=o.dest, default=argparse.SUPPRESS, metavar=o.dest.upper() if o.kind != "choice" else "{" + ",".join(o.choices) + "}",
                            help=help_over.get(n, o.help()))
 
@@ -278,14 +284,17 @@ def apply_sets(cfg, # A config dataclass instance
     return cfg
 
 # %% ../nbs/11a_options.ipynb #op13bb
-def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None) -> dict:
-    "Keyword arguments for `get_data`; digits has no image size or checksum to take."
+def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None, download=False) -> dict:
+    "Keyword arguments for `get_data`; digits has no image size or checksum to take, only CIFAR-10 can be downloaded."
+    if download and str(data_arg).lower() != "cifar10":
+        raise SQError(f"--download fetches CIFAR-10 only, not {data_arg}", "drop --download, or use --data cifar10")
     if str(data_arg).lower() == "digits":
         for v, flag in ((image_size, "--image-size"), (sha256, "--sha256")):
             if v is not None: raise SQError(f"{flag} does not apply to digits (8×8 images built into scikit-learn)", f"drop {flag}, or use --data cifar10 or a folder")
         extra = {}
     else: extra = {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v is not None}
     if val_frac is not None: extra["val_frac"] = val_frac
+    if download: extra["download"] = True
     return dict(progress=not quiet, **extra)
 
 def input_data(inp:InputConfig, # Where the data comes from
@@ -296,7 +305,7 @@ def input_data(inp:InputConfig, # Where the data comes from
     "(data bundle, model name): the data loaded, limited and checked (splits large enough), the model name resolved."
     st = settings or load_settings()
     name = inp.data or OPTIONS["data"].default(st)
-    data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac))
+    data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac, inp.download))
     if inp.limit: data = data.subset(inp.limit)
     elif train_cap is not None and len(data.y_train) > train_cap: data = data.subset(train_cap)
     check_splits(data)

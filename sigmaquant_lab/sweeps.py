@@ -92,6 +92,7 @@ class SweepConfig:
     image_size:int|None=None # Resize ImageFolder images to this size in pixels (None: keep; all must match)
     sha256:str|None=None # Expected sha256 of a `data` zip
     val_frac:float|None=None # Fraction of the training images held out for validation (None: settings.ini [data] val_frac)
+    download:bool=False # Fetch CIFAR-10 with torchvision's downloader when no data root holds it (needs internet)
     model:str|None=None # Model name (None: digits_cnn for digits, else resnet20)
     weights:str|None=None # Float state_dict to start from (None: train one for `fp_epochs`, cached)
     fp_epochs:int|None=None # Epochs of the float model when no `weights`
@@ -455,7 +456,7 @@ def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     st = settings or load_settings(sc.settings)
     # one input-setup path with the CLI and the explorer (options.input_data / input_model): too few images are refused there
     inp = InputConfig(data=sc.data, model=sc.model, weights=sc.weights, limit=sc.limit, fp_epochs=sc.fp_epochs,
-                      image_size=sc.image_size, sha256=sc.sha256, val_frac=sc.val_frac)
+                      image_size=sc.image_size, sha256=sc.sha256, val_frac=sc.val_frac, download=sc.download)
     data, model_name = input_data(inp, st, progress=progress)
     m = input_model(inp, data, model_name, st, batch_size=sc.batch_size, device=sc.device, progress=progress)
     state = cpu_state(m)
@@ -654,7 +655,7 @@ def _csv(kind, conv):
         return v
     return f
 
-_SWEEP_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size", "device"]
+_SWEEP_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "download", "fp_epochs", "quantizer", "bits", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "batch_size", "device"]
 
 def add_sweep_parser(subparsers) -> argparse.ArgumentParser:
     "Add the `sweep` subcommand to a CLI's subparsers."
@@ -708,7 +709,7 @@ def sweep_config_from_args(a) -> SweepConfig:
             raise SQError(f"--set {item!r} names no method {m!r}", f"use one of {', '.join(sorted(c.name for c in STRATEGIES.values()))}")
         over.setdefault(m, {})[f] = parse_path(config_class_for(m), f, val, f"--set {m}.")
     return SweepConfig(methods=a.methods, budgets=tuple(budgets), seeds=a.seeds, data=v["data"], limit=v["limit"],
-                       image_size=v["image_size"], sha256=v["sha256"], val_frac=v["val_frac"],
+                       image_size=v["image_size"], sha256=v["sha256"], val_frac=v["val_frac"], download=bool(v["download"]),
                        model=v["model"], weights=v["weights"], fp_epochs=v["fp_epochs"], quantizer=v["quantizer"], bits=v["bits"],
                        int8_epochs=v["int8_epochs"], e1=v["e1"], e2=v["e2"], rounds1=v["rounds1"], max_steps=v["max_steps"], epochs=a.epochs,
                        match_epochs=match, batch_size=v["batch_size"],

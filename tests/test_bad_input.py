@@ -27,6 +27,7 @@ nothing half-written. Kinds covered (file::test):
 24 a --data .zip that is not a zip               test_not_a_zip
 25 unknown search method / KL / σ normalisation  test_unknown_method_and_normalisations
 26 one-class dataset; labels beyond the outputs  test_one_class_dataset, nbs/04_data (check_splits), nbs/04b_dataforms
+27 CIFAR-10 missing; --download offline          test_cifar10_missing_and_download_offline
 """
 import errno, os, subprocess, sys
 from dataclasses import replace
@@ -126,6 +127,21 @@ def test_one_class_dataset(tmp_path):
     with pytest.raises(SQError, match="returns 4 logits but the data has 10 classes"):
         search(small, digits, FixedBitsConfig(e1=0, int8_epochs=0), out_dir=tmp_path/"runs2")
     nothing_written(tmp_path/"runs2")
+
+
+def test_cifar10_missing_and_download_offline(tmp_path):
+    # no data root holds CIFAR-10: the message names the root and every way to get it; --download offline names the
+    # manual step (a dead proxy makes sure nothing is ever fetched, online or not)
+    st = tmp_path/"settings.ini"; st.write_text(f"[data]\nroot = {tmp_path/'data'}\nextra_roots =\n")
+    env = {**os.environ, "SIGMAQUANT_SETTINGS": str(st), "OMP_NUM_THREADS": "1",
+           **{k: "http://127.0.0.1:9" for k in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY")}}
+    run = lambda *args: subprocess.run([CLI, "search", "--quiet", "--data", "cifar10", *args, "--out", str(tmp_path/"runs")],
+                                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    one_clear_line(run(), f"CIFAR-10 not found in {tmp_path/'data'}", "--download")
+    one_clear_line(run("--download"), "downloading CIFAR-10 into", "by hand")
+    nothing_written(tmp_path/"runs")
+    assert not [p for p in (tmp_path/"data").rglob("*") if p.is_file()], list((tmp_path/"data").rglob("*"))
+    one_clear_line(cli(["search", "--data", "digits", "--download", "--out", str(tmp_path/"runs")], tmp_path), "--download fetches CIFAR-10 only")
 
 
 def test_unknown_method_and_normalisations():
