@@ -653,7 +653,7 @@ def for_model(cls:ExplorerState, model, # Your trained float model (any nn.Modul
               data, # Anything `as_data` takes: DataBundle, Dataset, DataLoader, (x, y)
               name:str|None=None, # Model name for labels (default: its class name)
               settings=None, # `Settings` (default: `load_settings()`)
-              **params # Inputs: budgets (max_acc_drop, size_frac, energy_frac), bits, mac, lam, epochs, ...
+              **params # Inputs: budgets (max_acc_drop, size_frac, energy_frac), bits, mac, lam, epochs, strict, ...
              ) -> ExplorerState:
     "A state on your own model and data (the dataset/model inputs are off)."
     import torch.nn as nn

@@ -273,7 +273,7 @@ def explore(model, # Your trained float model: an nn.Module with Conv2d/Linear l
             name:str|None=None, # Model name in the sidebar (default: its class name)
             runs_dir:str|Path="runs", # Where *Save run* writes run records (finished runs there are peers on the zone plane)
             settings=None, # `Settings` (default: `load_settings()`)
-            **params # Inputs: max_acc_drop, size_frac, energy_frac, bits, mac, lam, epochs, max_steps, auto_refine, ...
+            **params # Inputs: max_acc_drop, size_frac, energy_frac, bits, mac, lam, epochs, max_steps, auto_refine, strict (False: keep layers the lab cannot quantize in float), ...
            ) -> ExplorerApp:
     "The explorer on your own model and data, shown inline in JupyterLab (no dataset or model picker)."
     inline_resources()

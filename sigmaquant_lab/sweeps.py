@@ -135,7 +135,7 @@ class SweepConfig:
             v = getattr(self, k) or ()
             dup = sorted({x for x in v if v.count(x) > 1}, key=str)
             if dup: raise SQError(f"{k} lists {dup} more than once", f"give each entry of {k} once")
-        for k in ("limit", "fp_epochs", "int8_epochs", "e1", "e2", "max_steps", "epochs"): _ints(k, getattr(self, k))
+        for k in ("fp_epochs", "int8_epochs", "e1", "e2", "max_steps", "epochs"): _ints(k, getattr(self, k))
         for k in ("rounds1", "batch_size", "limit"): _ints(k, getattr(self, k), lo=1)
         _ints("cpus_per_task", self.cpus_per_task, lo=1, allow_none=False); _ints("retries", self.retries, allow_none=False)
         _ints("num_cpus", self.num_cpus, lo=1)
