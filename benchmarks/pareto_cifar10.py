@@ -219,7 +219,8 @@ def main(argv=None):
         return SweepConfig(methods=a.methods, budgets=tuple(budgets(a.max_acc_drop)), seeds=a.seeds, data=proto["data"], limit=proto["limit"],
                            model=proto["model"], weights=weights, quantizer=q, device=device, out=str(runs_root/q), backend=a.backend,
                            num_cpus=proto["num_cpus"], cpus_per_task=proto["cpus_per_task"], gpus_per_task=proto["gpus_per_task"],
-                           settings=str(ROOT/"settings.ini"), **proto["sweep"])
+                           settings=str(ROOT/"settings.ini"),
+                           **{**proto["sweep"], "method_overrides": {m: o for m, o in proto["sweep"]["method_overrides"].items() if m in a.methods}})
     for q in quantizers:                               # every config of every sweep is checked before anything trains
         specs = plan_sweep(sweep_cfg(q), st)
     if a.plan:

@@ -120,19 +120,20 @@ def check_model_data(model, # The float model (run on two samples; left as it wa
     "Refuse, in one line, a model that cannot run on the data's samples or has fewer outputs than the data has classes."
     import copy
     name = name or type(model).__name__
-    x = data.x_val[:2] if len(data.y_val) else data.x_train[:2]
+    x = (data.x_val[:2] if len(data.y_val) else data.x_train[:2]).cpu()
     m = copy.deepcopy(model).cpu().eval()
     try:
-        with torch.no_grad(): out = m(data.normalize(x) if hasattr(data, "normalize") else x.float())
+        with torch.no_grad(): out = m(data.normalize(x).cpu() if hasattr(data, "normalize") else x.float())
     except Exception as e:
         raise SQError(f"{name} cannot run on the data's inputs of shape {tuple(data.in_shape)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                       "pass data whose samples have the input shape your model expects") from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise SQError(f"{name} returns {got}, not (batch, classes) logits", "give the model a classifier head that returns one logit per class")
-    if out.shape[1] < data.num_classes:
-        raise SQError(f"{name} returns {out.shape[1]} logits but the data has {data.num_classes} classes (labels up to {data.num_classes - 1})",
-                      f"give the model at least {data.num_classes} outputs, or data whose labels are 0 … {out.shape[1] - 1}")
+    top = max(int(y.max()) for y in (data.y_train, data.y_val, data.y_test) if len(y))
+    if out.shape[1] <= top:
+        raise SQError(f"{name} returns {out.shape[1]} logits but the data's labels reach {top} ({data.num_classes} classes)",
+                      f"give the model at least {top + 1} outputs, or data whose labels are 0 … {out.shape[1] - 1}")
     return data
 
 def splits_note(data) -> str:

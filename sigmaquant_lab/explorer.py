@@ -83,7 +83,8 @@ def load_workbench(dataset:str="digits", # "digits", "cifar10", or a path to an 
                    fp_epochs:int=6, # Float training epochs when no cached model exists
                    train_limit:int|None=2000, # Keep at most this many training images (None: all)
                    settings=None, # `Settings` (default: `load_settings()`)
-                   progress:bool=False # tqdm bars while decoding data / training the float model
+                   progress:bool=False, # tqdm bars while decoding data / training the float model
+                   strict:bool=True # Refuse layers that cannot be quantized (False: keep them in float)
                   ) -> Workbench:
     "Load data and float model and build the workbench."
     s = settings or load_settings()
@@ -91,7 +92,7 @@ def load_workbench(dataset:str="digits", # "digits", "cifar10", or a path to an 
     inp = InputConfig(data=dataset, model=model_name, fp_epochs=fp_epochs)
     data, _ = input_data(inp, s, progress=progress, train_cap=train_limit)
     model = input_model(inp, data, model_name, s, device="cpu", progress=progress)
-    return Workbench(data, model.eval(), model_name, HardwareConfig.from_settings(s))
+    return Workbench(data, model.eval(), model_name, HardwareConfig.from_settings(s), strict=strict)
 
 def available_datasets(settings=None) -> list[str]:
     "Datasets the explorer offers: digits, CIFAR-10 when its archive exists, and a user path."
@@ -490,7 +491,7 @@ def load(self:ExplorerState, wait:bool=False):
         self.apply(Notice("error", "no dataset path given -- fix: type the path of an ImageFolder folder or a .zip of one")); return
     # progress bars (tqdm.auto: widgets in Jupyter) only for a load the caller waits for, i.e. in a notebook
     kw = dict(dataset=name, model_name=self.model_name, fp_epochs=self.fp_epochs, train_limit=self.train_limit, settings=self.settings,
-              progress=wait)
+              progress=wait, strict=self.strict)
     def job():
         try: return WorkbenchLoaded(load_workbench(**kw))
         except SQError as e: return Notice("error", str(e))

@@ -208,6 +208,8 @@ def _hint(cls, name):
     try: return typing.get_type_hints(cls)[name]
     except Exception: return next(f.type for f in fields(cls) if f.name == name)
 
+def _at(flag:str, key:str) -> str: return f"{flag}{key}" if flag.endswith(".") else f"{flag} {key}"   # --set amed.x, --set x
+
 def parse_field(cls:type, # Config dataclass
                 key:str, # Field name
                 raw:str, # The text after `=`
@@ -216,15 +218,15 @@ def parse_field(cls:type, # Config dataclass
     "The typed value of `raw` for field `key` of `cls` (an SQError naming the flag and the field's type)."
     names = {f.name for f in fields(cls)}
     if key not in names:
-        raise SQError(f"{flag} {key}={raw} names no field of {cls.__name__}", f"use one of {', '.join(sorted(names))}")
+        raise SQError(f"{_at(flag, key)}={raw} names no field of {cls.__name__}", f"use one of {', '.join(sorted(names))}")
     t, s = _hint(cls, key), raw.strip()
     args = [a for a in typing.get_args(t) if a is not type(None)]
     optional = type(None) in typing.get_args(t)
     if optional and s.lower() in ("none", ""): return None
     if optional and len(args) == 1: t = args[0]
     origin = typing.get_origin(t) or t
-    def bad(want): return SQError(f"{flag} {key}={raw}: {raw!r} is not {want}", f"give {key} as {want}")
-    if dataclasses.is_dataclass(origin): raise SQError(f"{flag} {key}={raw}: {key} is a {origin.__name__}", f"set one of its fields, e.g. {flag} {key}.FIELD=VALUE")
+    def bad(want): return SQError(f"{_at(flag, key)}={raw}: {raw!r} is not {want}", f"give {key} as {want}")
+    if dataclasses.is_dataclass(origin): raise SQError(f"{_at(flag, key)}={raw}: {key} is a {origin.__name__}", f"set one of its fields, e.g. {_at(flag, key)}.FIELD=VALUE")
     if origin is bool:
         if s.lower() in ("1", "true", "yes", "on"): return True
         if s.lower() in ("0", "false", "no", "off"): return False
@@ -248,7 +250,7 @@ def _nested(cfg, key:str, raw, flag:str):
     for p in path[:-1]:
         chain.append((obj, p)); obj = getattr(obj, p, None) if p in {f.name for f in fields(obj)} else None
         if obj is None or not dataclasses.is_dataclass(obj):
-            raise SQError(f"{flag} {key}={raw} names no nested config {p!r} of {type(chain[-1][0]).__name__}",
+            raise SQError(f"{_at(flag, key)}={raw} names no nested config {p!r} of {type(chain[-1][0]).__name__}",
                           f"use one of {', '.join(f.name for f in fields(chain[-1][0]) if dataclasses.is_dataclass(getattr(chain[-1][0], f.name)))}")
     return obj, chain, path[-1]
 
@@ -259,7 +261,7 @@ def set_field(cfg, # A config dataclass instance
     "`cfg` with field `key` set to `value` (checked again by the configs on the way up)."
     obj, chain, last = _nested(cfg, key, value, flag)
     if last not in {f.name for f in fields(obj)}:
-        raise SQError(f"{flag} {key}={value} names no field of {type(obj).__name__}", f"use one of {', '.join(sorted(f.name for f in fields(obj)))}")
+        raise SQError(f"{_at(flag, key)}={value} names no field of {type(obj).__name__}", f"use one of {', '.join(sorted(f.name for f in fields(obj)))}")
     new = dataclasses.replace(obj, **{last: value})
     for parent, p in reversed(chain): new = dataclasses.replace(parent, **{p: new})
     return new

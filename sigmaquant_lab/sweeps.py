@@ -135,8 +135,8 @@ class SweepConfig:
             v = getattr(self, k) or ()
             dup = sorted({x for x in v if v.count(x) > 1}, key=str)
             if dup: raise SQError(f"{k} lists {dup} more than once", f"give each entry of {k} once")
-        for k in ("fp_epochs", "int8_epochs", "e1", "e2", "max_steps", "epochs"): _ints(k, getattr(self, k))
-        for k in ("rounds1", "batch_size", "limit"): _ints(k, getattr(self, k), lo=1)
+        for k in ("int8_epochs", "e1", "e2", "max_steps", "epochs"): _ints(k, getattr(self, k))
+        for k in ("rounds1", "batch_size", "limit", "fp_epochs"): _ints(k, getattr(self, k), lo=1)
         _ints("cpus_per_task", self.cpus_per_task, lo=1, allow_none=False); _ints("retries", self.retries, allow_none=False)
         _ints("num_cpus", self.num_cpus, lo=1)
         if self.backend not in BACKENDS: raise SQError(f"backend={self.backend!r} is unknown", f"use one of {', '.join(BACKENDS)}")
@@ -190,6 +190,9 @@ def method_config(method:str, # Registered method name
     if sc.quantizer: kw["quant"] = replace(kw["quant"], quantizer=sc.quantizer)
     mo = dict(sc.method_overrides.get(method, {}))
     nested = {k: mo.pop(k) for k in [k for k in mo if "." in k]}          # e.g. quant.act_percentile: set on the built config
+    grid = sorted(k for k in [*mo, *nested] if k.split(".")[0] in ("budget", "seed"))   # the grid's own axes
+    if grid: raise SQError(f"method_overrides for {method} set {', '.join(grid)}, an axis of the sweep's grid (runs are named and grouped by it)",
+                           "give budgets with --size-fracs/--bops-fracs (SweepConfig.budgets) and seeds with --seeds")
     bad = sorted(set(mo) - names) + sorted(k for k in nested if k.split(".")[0] not in names)
     if bad: raise SQError(f"method_overrides for {method} name unknown field(s) {bad}", f"use fields of {cls.__name__}: {', '.join(sorted(names))}")
     fit = "w_bits" in names and "w_bits" not in mo

@@ -199,11 +199,13 @@ def float_model(data, # DataBundle
                 settings=None): # `Settings` the unset parts come from (default: `load_settings()`)
     "A trained float model: loaded, cached, or trained now (the recipe's unset parts from settings.ini)."
     st = settings if settings is not None else load_settings()
-    epochs, lr, batch_size, seed = (epochs or st.int("train", "fp_epochs"), lr or st.float("train", "fp_lr"),
-                                    batch_size or st.int("data", "batch_size"), st.int("data", "seed") if seed is None else seed)
-    wd = st.float("train", "fp_weight_decay") if weight_decay is None else weight_decay
-    ls = st.float("train", "fp_label_smoothing") if label_smoothing is None else label_smoothing
-    recipe = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", weight_decay=wd, label_smoothing=ls)
+    pick = lambda v, sec, key, get: get(sec, key) if v is None else v
+    epochs, lr, batch_size, seed = (pick(epochs, "train", "fp_epochs", st.int), pick(lr, "train", "fp_lr", st.float),
+                                    pick(batch_size, "data", "batch_size", st.int), pick(seed, "data", "seed", st.int))
+    wd, ls = pick(weight_decay, "train", "fp_weight_decay", st.float), pick(label_smoothing, "train", "fp_label_smoothing", st.float)
+    # the optimizer, momentum and bf16 of the settings' [train] (the QAT recipe's); one-cycle to `lr`
+    recipe = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", weight_decay=wd, label_smoothing=ls, optimizer=st.str("train", "optimizer"),
+                         momentum=st.float("train", "momentum"), bf16=st.bool("train", "bf16"), log_every=st.int("train", "log_every"))
     device = device or st.str("train", "device")
     seed_everything(seed)
     model = get_model(model_name, data.num_classes, data.in_shape)
