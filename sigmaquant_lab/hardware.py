@@ -19,8 +19,8 @@ from fastcore.basics import patch
 from .core import SQError, ini_defaults, Settings, load_settings
 
 # %% auto #0
-__all__ = ['MAC_TYPES', 'LayerShape', 'layer_shapes', 'HardwareConfig', 'systolic_cycles', 'nonzero_bits', 'HWCosts', 'CostModel',
-           'uniform_bits', 'calibrate_shift_energy']
+__all__ = ['MAC_TYPES', 'LayerShape', 'layer_shapes', 'HardwareConfig', 'systolic_cycles', 'nonzero_bits', 'HWCosts',
+           'float_macs', 'CostModel', 'uniform_bits', 'calibrate_shift_energy']
 
 # %% ../nbs/03_hardware.ipynb #4739c6d9
 @dataclass(frozen=True)
@@ -171,6 +171,8 @@ class HardwareConfig:
     acc_bits:int # Partial-sum width written to SRAM
     scale_bits:int # Per-output-channel scale width
     bias_bits:int # Per-output-channel bias width
+    fp32_mult_pj:float # 32-bit float multiply, pJ (layers kept in float)
+    fp32_add_pj:float # 32-bit float add, pJ (layers kept in float)
 
     SOURCES: ClassVar[dict] = dict(
         node="SigmaQuant paper (shift-add MAC synthesis, TSMC 28 nm, 0.9 V)",
@@ -199,6 +201,8 @@ class HardwareConfig:
         acc_bits="ours (32-bit accumulators)",
         scale_bits="METHOD §1 (32-bit per-channel scales)",
         bias_bits="METHOD §1 (32-bit biases; every layer gets one per channel, as after BN folding)",
+        fp32_mult_pj="Horowitz ISSCC 2014, 45 nm (32-bit float multiply 3.7 pJ)",
+        fp32_add_pj="Horowitz ISSCC 2014, 45 nm (32-bit float add 0.9 pJ)",
     )
 
     def __post_init__(self):
@@ -218,7 +222,8 @@ class HardwareConfig:
             v = getattr(self, n)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0: bad(n, "a non-negative integer", f"set {n} to e.g. 32 (0 to ignore)")
         for n in ("clock_mhz", "mac_area_int8_um2", "mac_area_shift_um2", "shift_overhead", "sram_kb", "dram_bits_per_cycle"): num(n)
-        for n in ("mult8_pj", "add32_pj", "shift_fixed_pj", "shift_cycle_pj", "sram_pj_per_bit_8kb", "dram_pj_per_bit", "shift_min_cycles"):
+        for n in ("mult8_pj", "add32_pj", "shift_fixed_pj", "shift_cycle_pj", "sram_pj_per_bit_8kb", "dram_pj_per_bit", "shift_min_cycles",
+                  "fp32_mult_pj", "fp32_add_pj"):
             num(n, strict=False)
         num("dense_bit_frac")
         if self.dense_bit_frac > 1: bad("dense_bit_frac", "a fraction in (0, 1]", "set dense_bit_frac to e.g. 0.5")
@@ -376,6 +381,36 @@ class HWCosts:
                 f"({f['latency_frac']:.3f}x), MAC area {f['area_frac']:.3f}x; simulated)")
 
 # %% ../nbs/03_hardware.ipynb #e9f7b68d
+def float_macs(model:nn.Module, # Model to trace (train/eval flags restored)
+               input_shape:Iterable[int], # One input without the batch
+               names:Iterable[str] # Layers kept in float (`strict=False`)
+              ) -> dict[str, float]:
+    "MACs per inference of layers the accelerator does not cost: convolutions exactly, attention by its projections and products, others one per output element."
+    mods, found, hooks = dict(model.named_modules()), {}, []
+    def hook(name):
+        def f(m, args, out):
+            o = out[0] if isinstance(out, (tuple, list)) else out
+            if isinstance(m, nn.modules.conv._ConvNd):
+                k = math.prod(m.kernel_size)
+                n = (args[0].numel() * (m.out_channels // m.groups) if m.transposed else o.numel() * (m.in_channels // m.groups)) * k
+            elif isinstance(m, nn.MultiheadAttention):
+                e = m.embed_dim; t = o.numel() // e
+                n = t * 4 * e * e + 2 * t * t * e
+            else: n = o.numel() if torch.is_tensor(o) else 0
+            found[name] = found.get(name, 0.0) + float(n)
+        return f
+    modes = {m: m.training for m in model.modules()}
+    p = next(model.parameters(), None)
+    dev, dt = (p.device, p.dtype) if p is not None and p.is_floating_point() else ("cpu", torch.float32)
+    try:
+        hooks = [mods[n].register_forward_hook(hook(n)) for n in names if n in mods]
+        model.eval()
+        with torch.no_grad(): model(torch.zeros(1, *_check_input_shape(input_shape), device=dev, dtype=dt))
+    finally:
+        for h in hooks: h.remove()
+        for m, t in modes.items(): m.train(t)
+    return {n: found.get(n, 0.0) for n in names}
+
 class CostModel:
     "Per-layer arrays of one model on one `HardwareConfig`: costs any number of bit maps fast."
     def __init__(self, shapes:Iterable[LayerShape], # From `layer_shapes`, forward order
@@ -383,6 +418,7 @@ class CostModel:
                  float_layers:dict|None=None): # {name: weights} of layers kept in float (not costed; 32-bit weights in `size_bytes_full`)
         self.shapes, self.hw = list(shapes), hw if hw is not None else HardwareConfig()
         self.float_layers = dict(float_layers or {}); self.float_params = int(sum(self.float_layers.values()))
+        self.float_macs:dict = {}   # MACs per inference of the float layers (`from_model` traces them): reported, outside the budgets
         self.unused:set = set()   # named layers that inference never calls (`from_model` fills it): a bit map may name them
         if not self.shapes: raise SQError("CostModel got no layer shapes", "pass layer_shapes(model, input_shape)")
         self.names = tuple(s.name for s in self.shapes)
@@ -421,7 +457,13 @@ class CostModel:
         # layers the inference pass never calls (e.g. GoogLeNet's training-only auxiliary heads): no cost, widths ignored
         costed = _costed_modules(model, filter_fn, strict)
         cm.unused = set(costed[0] if not strict else costed) - {s.name for s in shapes}
+        if floats: cm.float_macs = float_macs(model, input_shape, floats)
         return cm
+
+    @property
+    def float_energy_pj(self) -> float:
+        "FP32 MAC energy of the layers kept in float per inference (their memory traffic is not modelled)."
+        return float(sum(self.float_macs.values())) * (self.hw.fp32_mult_pj + self.hw.fp32_add_pj)
 
     def __len__(self): return len(self.names)
     def __repr__(self): return f"CostModel({len(self.names)} layers, {self.macs.sum()/1e6:.2f} M MACs, {self.params.sum()/1e6:.3f} M weights; {self.hw.describe()})"

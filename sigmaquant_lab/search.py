@@ -316,7 +316,8 @@ class SearchContext:
         for mac in MAC_TYPES:
             c = self.hw.costs(bits, a_bits=a_bits, int_weights=iw if mac == "shift_add" else None, mac=mac)
             per[mac] = dict(energy_pj=float(c.energy_pj), latency_us=float(c.latency_us), **{k: float(v) for k, v in c.vs_int8().items() if k != "size_frac"})
-        if self.hw.float_layers: out.update(float_layers=sorted(self.hw.float_layers), float_bytes=4.0 * self.hw.float_params)
+        if self.hw.float_layers: out.update(float_layers=sorted(self.hw.float_layers), float_bytes=4.0 * self.hw.float_params,
+                                           float_macs=float(sum(self.hw.float_macs.values())), float_energy_pj=self.hw.float_energy_pj)
         out.update(size_bytes_full=float(c.size_bytes_full), bops=float(c.bops), bops_frac=float(c.vs_int8()["bops_frac"]),
                    exact_cycles=iw is not None,
                    **{k: per[self.cfg.mac][k] for k in ("energy_frac", "latency_frac", "area_frac")}, shift_add=per["shift_add"], int8_mac=per["int8"])
@@ -559,7 +560,9 @@ class SearchResult:
                  f"accuracy      val {self.acc:.2%} (INT8 {r['acc_val']:.2%}, drop {self.acc_drop*100:.2f} pt)   test {self.test_acc:.2%} (INT8 {r['acc_test']:.2%}, FP32 {r['fp32_acc_test']:.2%})",
                  f"size          {c['size_bytes']/1024:.2f} KiB = {c['size_frac']:.1%} of INT8 ({r['size_bytes']/1024:.2f} KiB), avg {c['avg_bits']:.2f} bits"]
         if c.get("float_layers"): lines.append(f"float         {', '.join(c['float_layers'])} kept in float (strict=False): "
-                                               f"{c['float_bytes']/1024:.2f} KiB of 32-bit weights, outside the budgets and the INT8 reference")
+                                               f"{c['float_bytes']/1024:.2f} KiB of 32-bit weights"
+                                               + (f", {c['float_macs']/1e6:.3f} M FP32 MACs = {c['float_energy_pj']/1e3:.2f} nJ (FP32 MAC energy only)" if "float_macs" in c else "")
+                                               + ", outside the budgets and the INT8 reference")
         if "bops_frac" in c: lines.append(f"BOPs          {c['bops']/1e6:.2f} M = {c['bops_frac']:.1%} of INT8 (W·A bits × MACs)")
         if "shift_add" in c:
             for mac, lab in (("shift_add", "shift-add"), ("int8_mac", "INT8 MAC")):

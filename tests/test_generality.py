@@ -134,7 +134,8 @@ def test_conv1d_left_in_float(digits, tmp_path):
     _within(res, CFG.budget)
     assert set(res.bits) == {"c2", "fc"} and isinstance(res.model.c1, nn.Conv1d)
     assert res.costs["float_layers"] == ["c1"] and res.costs["float_bytes"] == 4 * (8 * 8 * 3 + 8)
-    assert "c1 kept in float" in res.summary()
+    assert res.costs["float_macs"] == 8 * 8 * 8 * 3                  # costed as float: 64 outputs × 8 in-channels × kernel 3
+    assert "c1 kept in float" in res.summary() and "FP32 MACs" in res.summary()
 
 
 def test_search_takes_the_data_forms_explore_takes():
