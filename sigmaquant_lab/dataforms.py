@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, DataLoader
 
 from .core import SQError, load_settings
+from .hardware import forward_once
 from .data import DataBundle, stratified_split, channel_stats, _check_split_frac
 
 # %% auto #0
@@ -117,13 +118,10 @@ def check_model_data(model, # The float model (run on two samples; left as it wa
                      data, # A `DataBundle`
                      name:str|None=None # Model name for messages (default: its class name)
                     ):
-    "Refuse, in one line, a model that cannot run on the data's samples or has fewer outputs than the data has classes."
-    import copy
+    "Refuse, in one line, a model that cannot run on the data's samples or has fewer outputs than the data's labels need."
     name = name or type(model).__name__
     x = (data.x_val[:2] if len(data.y_val) else data.x_train[:2]).cpu()
-    m = copy.deepcopy(model).cpu().eval()
-    try:
-        with torch.no_grad(): out = m(data.normalize(x).cpu() if hasattr(data, "normalize") else x.float())
+    try: out = forward_once(model, data.normalize(x) if hasattr(data, "normalize") else x.float())   # on the model's device, flags restored
     except Exception as e:
         raise SQError(f"{name} cannot run on the data's inputs of shape {tuple(data.in_shape)}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}",
                       "pass data whose samples have the input shape your model expects") from None

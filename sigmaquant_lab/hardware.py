@@ -19,8 +19,8 @@ from fastcore.basics import patch
 from .core import SQError, ini_defaults, Settings, load_settings
 
 # %% auto #0
-__all__ = ['MAC_TYPES', 'LayerShape', 'layer_shapes', 'HardwareConfig', 'systolic_cycles', 'nonzero_bits', 'HWCosts',
-           'float_macs', 'CostModel', 'uniform_bits', 'calibrate_shift_energy']
+__all__ = ['MAC_TYPES', 'LayerShape', 'forward_once', 'layer_shapes', 'HardwareConfig', 'systolic_cycles', 'nonzero_bits',
+           'HWCosts', 'float_macs', 'CostModel', 'uniform_bits', 'calibrate_shift_energy']
 
 # %% ../nbs/03_hardware.ipynb #4739c6d9
 @dataclass(frozen=True)
@@ -94,6 +94,19 @@ def _costed_modules(model, filter_fn, strict=True):
     return (costed, floats) if not strict else costed
 
 # %% ../nbs/03_hardware.ipynb #a5cc5129
+def forward_once(model:nn.Module, # Model to run (left on its device; every module's train/eval flag restored)
+                 x:torch.Tensor # A batch (moved to the model's device, and to its dtype when both are floating point)
+                ):
+    "`model(x)` once in eval mode without gradients: the probe behind layer tracing and the model/data checks."
+    p = next(model.parameters(), None)
+    if p is not None: x = x.to(p.device, p.dtype if p.is_floating_point() and x.is_floating_point() else x.dtype)
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad(): return model(x)
+    finally:
+        for m, t in modes.items(): m.train(t)
+
 def layer_shapes(model:nn.Module, # Model to trace (left on its device, train/eval flags restored)
                  input_shape:Iterable[int], # One input without the batch, e.g. (3, 224, 224)
                  filter_fn:Callable[[str, nn.Module], bool]|None=None, # (name, module) -> keep? None keeps all
@@ -115,13 +128,9 @@ def layer_shapes(model:nn.Module, # Model to trace (left on its device, train/ev
                 s = replace(s, calls=found[name].calls + 1)
             found[name] = s
         return f
-    p = next(model.parameters(), None)
-    dev, dt = (p.device, p.dtype) if p is not None and p.is_floating_point() else ("cpu", torch.float32)
-    modes = {m: m.training for m in model.modules()}
     try:
         hooks = [m.register_forward_hook(hook(n)) for n, m in costed.items()]
-        model.eval()
-        with torch.no_grad(): model(torch.zeros(1, *shape, device=dev, dtype=dt))
+        forward_once(model, torch.zeros(1, *shape))
     except SQError: raise
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
@@ -129,7 +138,6 @@ def layer_shapes(model:nn.Module, # Model to trace (left on its device, train/ev
                       "pass the (C, H, W) the model takes, without the batch, e.g. (3, 32, 32) for CIFAR") from None
     finally:
         for h in hooks: h.remove()
-        for m, t in modes.items(): m.train(t)
     first = {}
     for n, m in costed.items():        # a weight tensor shared by several layers: tied to the first (registration order)
         if n not in found or getattr(m, "weight", None) is None: continue
@@ -399,16 +407,11 @@ def float_macs(model:nn.Module, # Model to trace (train/eval flags restored)
             else: n = o.numel() if torch.is_tensor(o) else 0
             found[name] = found.get(name, 0.0) + float(n)
         return f
-    modes = {m: m.training for m in model.modules()}
-    p = next(model.parameters(), None)
-    dev, dt = (p.device, p.dtype) if p is not None and p.is_floating_point() else ("cpu", torch.float32)
     try:
         hooks = [mods[n].register_forward_hook(hook(n)) for n in names if n in mods]
-        model.eval()
-        with torch.no_grad(): model(torch.zeros(1, *_check_input_shape(input_shape), device=dev, dtype=dt))
+        forward_once(model, torch.zeros(1, *_check_input_shape(input_shape)))
     finally:
         for h in hooks: h.remove()
-        for m, t in modes.items(): m.train(t)
     return {n: found.get(n, 0.0) for n in names}
 
 class CostModel:

@@ -11,6 +11,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .core import SQError
+from .hardware import forward_once
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'ConvBNReLU', 'DigitsCNN', 'PadShortcut', 'BasicBlock', 'CifarResNet', 'resnet20',
@@ -139,15 +140,9 @@ def check_model_input(model:nn.Module, # Model to check
     "Run a dummy batch through `model`; a one-line `SQError` if it cannot take `in_shape` or returns the wrong logits."
     name = name or model.__class__.__name__
     shape = tuple(int(s) for s in in_shape)
-    p = next(model.parameters(), None)
-    x = torch.zeros(2, *shape, device=p.device if p is not None else "cpu")
-    was_training = model.training
     err = None
-    try:
-        model.eval()
-        with torch.no_grad(): out = model(x)
+    try: out = forward_once(model, torch.zeros(2, *shape))
     except Exception as e: err = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    finally: model.train(was_training)
     if err is not None:
         raise SQError(f"model {name} cannot take inputs of shape {shape}: {err}",
                       "use --model resnet20 for 32×32 images, --model digits_cnn for 8×8 digits, or pass --image-size 224")

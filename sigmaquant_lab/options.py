@@ -262,6 +262,10 @@ def set_field(cfg, # A config dataclass instance
     obj, chain, last = _nested(cfg, key, value, flag)
     if last not in {f.name for f in fields(obj)}:
         raise SQError(f"{_at(flag, key)}={value} names no field of {type(obj).__name__}", f"use one of {', '.join(sorted(f.name for f in fields(obj)))}")
+    return _rebuild(obj, chain, last, value)
+
+def _rebuild(obj, chain:list, last:str, value):
+    "The top config with `obj.last = value`, each parent in `chain` replaced on the way up (and checked again)."
     new = dataclasses.replace(obj, **{last: value})
     for parent, p in reversed(chain): new = dataclasses.replace(parent, **{p: new})
     return new
@@ -281,8 +285,8 @@ def apply_sets(cfg, # A config dataclass instance
     for it in items:
         key, eq, raw = it.partition("=")
         if not eq: raise SQError(f"{flag} {it!r} is not KEY=VALUE", f"write e.g. {flag} e2=1")
-        obj, _, last = _nested(cfg, key, raw, flag)
-        cfg = set_field(cfg, key.strip(), parse_field(type(obj), last, raw, flag), flag)
+        obj, chain, last = _nested(cfg, key, raw, flag)
+        cfg = _rebuild(obj, chain, last, parse_field(type(obj), last, raw, flag))   # parse_field refuses a name `obj` lacks
     return cfg
 
 # %% ../nbs/11a_options.ipynb #op13bb

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 import sys
 from pathlib import Path
-from .core import SQError, ini_defaults, load_settings, Cancelled, resolve_device, seed_everything, atomic_write
+from .core import SQError, ini_defaults, ini_kwargs, load_settings, Cancelled, resolve_device, seed_everything, atomic_write
 from .quant import observing, bad_steps
 from .models import get_model, check_model_input
 
@@ -203,9 +203,8 @@ def float_model(data, # DataBundle
     epochs, lr, batch_size, seed = (pick(epochs, "train", "fp_epochs", st.int), pick(lr, "train", "fp_lr", st.float),
                                     pick(batch_size, "data", "batch_size", st.int), pick(seed, "data", "seed", st.int))
     wd, ls = pick(weight_decay, "train", "fp_weight_decay", st.float), pick(label_smoothing, "train", "fp_label_smoothing", st.float)
-    # the optimizer, momentum and bf16 of the settings' [train] (the QAT recipe's); one-cycle to `lr`
-    recipe = TrainConfig(epochs=epochs, lr=lr, schedule="onecycle", weight_decay=wd, label_smoothing=ls, optimizer=st.str("train", "optimizer"),
-                         momentum=st.float("train", "momentum"), bf16=st.bool("train", "bf16"), log_every=st.int("train", "log_every"))
+    # the settings' [train] recipe (optimizer, momentum, bf16, ...) with the FP32 model's epochs, lr, weight decay and smoothing; one-cycle
+    recipe = TrainConfig(**{**ini_kwargs(TrainConfig, st), **dict(epochs=epochs, lr=lr, schedule="onecycle", weight_decay=wd, label_smoothing=ls)})
     device = device or st.str("train", "device")
     seed_everything(seed)
     model = get_model(model_name, data.num_classes, data.in_shape)
