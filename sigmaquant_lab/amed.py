@@ -18,7 +18,7 @@ from .search import SearchConfig, Search, PhaseStarted, register_strategy, map_c
 from .uniform import random_bit_map, random_map
 
 # %% auto #0
-__all__ = ['PICKS', 'proposal_probs', 'propose', 'mh_accept_prob', 'ema_scores', 'AMEDConfig', 'mean_ce', 'AMED']
+__all__ = ['PICKS', 'proposal_probs', 'propose', 'mh_accept_prob', 'ema_scores', 'AMEDConfig', 'mean_ce', 'chain_reason', 'AMED']
 
 # %% ../nbs/10b_amed.ipynb #2d16e124
 def proposal_probs(scores:np.ndarray, # Score table (layers × candidates)
@@ -110,6 +110,14 @@ def mean_ce(model, loader) -> float:
     return tot / max(n, 1)
 
 # %% ../nbs/10b_amed.ipynb #61fad64c
+def chain_reason(met:bool, # Whether some allocation of the chain met every budget
+                 ch # The final `Choice` (after fine-tuning)
+                ) -> str:
+    "Why AMED returns its allocation, in words that agree with its status."
+    if met: return f"best allocation meeting the budgets; {ch.reason}"
+    if ch.status == "OK": return "no allocation of the chain met every budget; the closest one, fine-tuned, meets them"
+    return f"no allocation met every budget: the closest one; {ch.reason}"
+
 @register_strategy(AMEDConfig)
 class AMED(Search):
     "Metropolis–Hastings search over bit allocations, trained along the chain, then fine-tuned."
@@ -184,9 +192,8 @@ class AMED(Search):
             ft = yield from self._measure(ctx, "finetune", 0, pick["bits"], dict(decision="fine-tune the chosen allocation"), rest, lat8,
                                           a_bits=pick["a_bits"] if acts else None)
             if ft["acc"] >= pick["acc"]: pick = ft
-        why = "best allocation meeting the budgets" if best is not None else "no allocation met every budget: closest one"
         ch = point_choice(ctx, pick, "the chosen allocation")
-        ch.reason = f"{why}; {ch.reason}"
+        ch.reason = chain_reason(best is not None, ch)
         return ch
 
     def _measure(self, ctx, phase, step, bits, info, epochs, lat8, scores=None, cur=None, lq=0.0, rng=None, a_bits=None):

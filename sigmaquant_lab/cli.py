@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import SQError, Budget, load_settings, seed_everything, resolve_device, atomic_write
-from .data import get_data, check_splits
-from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets, data_kwargs, input_data, input_model
+from .data import get_data, check_splits, SplitsWarning
+from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets, data_kwargs, input_data, input_model, run_inputs
 from .models import get_model, check_model_input
 from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
@@ -131,8 +131,7 @@ def _resume_setup(a, st):
     if run_opts["device"]: cfg = replace(cfg, device=run_opts["device"])
     if run_opts["threads"]: torch.set_num_threads(run_opts["threads"])
     meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit", "val_frac")}
-    data, _ = input_data(InputConfig(data=meta["data_arg"], image_size=meta["image_size"], limit=meta["limit"], val_frac=meta.get("val_frac")),
-                         st, progress=not a.quiet)
+    data, _ = input_data(run_inputs(conf), st, progress=not a.quiet)
     model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
     return cfg, data, model, meta
 
@@ -158,9 +157,8 @@ def cmd_search(a, out=None) -> int:
     bad = [k for k, x in over.items() if x is not None and k not in names]
     if bad: raise SQError(f"--{bad[0].replace('_', '-')} does not apply to --method {a.method}", f"drop it, or see `--set` for {type(base).__name__}'s fields")
     cfg = apply_sets(replace(base, **{k: x for k, x in over.items() if x is not None}), a.set)
-    cfg.budget.check_reachable(cfg.bits, cfg.act_bits)   # fail before loading data or training anything
     if not a.no_record:
-        from sigmaquant_lab.runs import check_writable; check_writable(a.out)
+        from sigmaquant_lab.runs import check_writable; check_writable(a.out, create=False)   # --out is made when the run starts
     # one input-setup path with sweeps and the explorer (options.input_data / input_model); splits too small are refused there
     inp = InputConfig(**{k: (d if k in ("data", "fp_epochs") else v)[k] for k in ("data", "model", "weights", "image_size", "sha256", "limit",
                                                                              "val_frac", "fp_epochs", "download")})
@@ -192,8 +190,11 @@ def cmd_runs(a, out=None) -> int:
     "Print a table of run records."
     out = out or sys.stdout
     rows = list_runs(a.out)
+    if a.names:
+        unknown = [n for n in a.names if n not in {r["name"] for r in rows}]
+        if unknown: raise SQError(f"no run named {', '.join(unknown)} in {a.out}", f"see `sigmaquant-lab runs --out {a.out}` for the runs there")
+        rows = [r for r in rows if r["name"] in a.names]
     if not rows: print(f"no runs in {a.out}", file=out); return 0
-    if a.names: rows = [r for r in rows if r.get("name") in a.names]
     def pct(v, d=1): return "-" if v is None else f"{v*100:.{d}f}%"
     def budget(b):
         if not b: return "-"
@@ -209,25 +210,31 @@ def cmd_runs(a, out=None) -> int:
     return 0
 
 def cmd_export(a, out=None) -> int:
-    "Pack (and optionally ONNX-export) a finished run."
+    "Pack (and optionally ONNX-export) a finished run; check every rebuild against the test predictions the search recorded."
     out = out or sys.stdout
-    from sigmaquant_lab.export import export_run, run_model, export_onnx, check_onnx
+    from sigmaquant_lab.export import export_run, run_model, export_onnx, check_run
+    from sigmaquant_lab.runs import PREDICTIONS
     run = _run_path(a)
     path, rep = export_run(run)
     print(f"packed  {path}  {rep['file_bytes']:,} bytes", file=out)
     if "run_size_bytes" in rep:
         print(f"        the search reported {rep['run_size_bytes']:,.0f} weight bytes; file / reported = {rep['run_ratio']:.3f}", file=out)
+    onnx = None
     if a.onnx:
         model, cfg = run_model(run)
-        st = load_settings(a.settings)
-        darg = cfg.get("data_arg") or cfg["data"]
-        data = get_data(darg, st, **_data_kwargs(darg, quiet=True, image_size=cfg.get("image_size")))
-        x = next(iter(data.loader("test", batch_size=256)))[0]
-        orep = export_onnx(model, run/"model.onnx", tuple(cfg["in_shape"]), opset=a.opset)
-        chk = check_onnx(run/"model.onnx", model, x)
-        print(f"onnx    {run/'model.onnx'}  opset {orep['opset']}, weight types {orep['weight_types']}", file=out)
-        print(f"        onnxruntime vs PyTorch on {len(x)} test images: max |diff| {chk['max_abs_diff']:.2e}, "
-              f"argmax agreement {chk['argmax_agree']:.1%}", file=out)
+        orep = export_onnx(model, run/"model.onnx", tuple(cfg["in_shape"]), opset=a.opset); onnx = run/"model.onnx"
+        print(f"onnx    {onnx}  opset {orep['opset']}, weight types {orep['weight_types']}", file=out)
+    if not (run/PREDICTIONS).is_file():
+        print(f"check   skipped: {run.name} recorded no test predictions (written by an older version)", file=out); return 0
+    chk = check_run(run, packed=path, onnx=onnx, settings=load_settings(a.settings))
+    for k, lab in (("run_model", "rebuilt model"), ("packed", "packed file"), ("onnx", "onnxruntime")):
+        if k not in chk: continue
+        c = chk[k]
+        print(f"check   {lab:<14} argmax agreement {c['agree']:.2%} with the searched model's recorded predictions on {c['n']} test images"
+              + ("" if c["exact"] else f" (first differing: {c['mismatches']})"), file=out)
+    bad = [k for k in ("run_model", "packed") if not chk[k]["exact"]]
+    if bad: raise SQError(f"the {' and the '.join(bad)} of {run.name} do not reproduce the searched model's predictions",
+                          "report this run; do not deploy the exported file")
     return 0
 
 def _run_path(a) -> Path:
@@ -244,9 +251,16 @@ def cmd_report(a, out=None) -> int:
 def main(argv=None) -> int:
     "Entry point of the `sigmaquant-lab` command."
     a = build_parser().parse_args(argv)
+    import warnings
+    show = warnings.showwarning
+    def one_line(msg, cat, *args, **kw):      # the lab's own warnings as one line, like its errors
+        if issubclass(cat, SplitsWarning): print(f"sigmaquant-lab: warning: {msg}", file=sys.stderr)
+        else: show(msg, cat, *args, **kw)
+    warnings.showwarning = one_line
     try:
         rc = {"search": cmd_search, "runs": cmd_runs, "export": cmd_export, "report": cmd_report, "sweep": cmd_sweep}[a.cmd](a)
     except SQError as e:
         print(f"sigmaquant-lab: error: {e}", file=sys.stderr); rc = 2
+    finally: warnings.showwarning = show
     if argv is None: sys.exit(rc)   # console script
     return rc

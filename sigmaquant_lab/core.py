@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #7ed56086
 from __future__ import annotations
-import configparser, functools, json, os, random, sys, tempfile, types, typing
+import configparser, functools, json, math, os, random, sys, tempfile, types, typing
 from dataclasses import dataclass, asdict, field, fields
 from pathlib import Path
 from typing import Any, Iterable
@@ -16,8 +16,8 @@ import torch
 
 # %% auto #0
 __all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'load_settings', 'ini_defaults',
-           'ini_kwargs', 'check_bits', 'Budget', 'seed_everything', 'resolve_device', 'fault', 'atomic_write',
-           'to_jsonable', 'atomic_write_json']
+           'ini_kwargs', 'check_bits', 'Budget', 'ceil_sig', 'floor_sig', 'seed_everything', 'resolve_device', 'fault',
+           'atomic_write', 'to_jsonable', 'atomic_write_json']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
 class SQError(ValueError):
@@ -203,17 +203,30 @@ class Budget:
         _check_frac("bops_frac", self.bops_frac)
 
     def check_reachable(self, bits:Iterable[int], act_bits:Iterable[int]|None=None):
-        "Fail early when the size (or BOPs) budget is below what the smallest candidate widths can reach."
+        "Fail early (no model needed) when the size (or BOPs) budget is below what the smallest candidate widths reach on any model."
+        # the model's own floor (pinned layers, the 8-bit image input) is higher; `search.check_floor` names it exactly
         lo = min(check_bits(bits)) / 8
         if self.size_frac < lo - 1e-9:
-            raise SQError(f"size budget {self.size_frac:.0%} of INT8 is infeasible: below the floor of the candidate set, {lo:.1%} "
-                          f"(every layer at {min(bits)} bits)", f"raise --size-frac to at least {lo:.3g} or add a smaller bit width")
+            raise SQError(f"size budget {self.size_frac:.1%} of INT8 is infeasible: below {lo:.1%}, every layer at {min(bits)} bits",
+                          "raise --size-frac (the search names the model's exact floor) or add a smaller bit width")
         if self.bops_frac is not None:
             blo = lo * min(check_bits(act_bits or bits)) / 8
             if self.bops_frac < blo - 1e-9:
-                raise SQError(f"BOPs budget {self.bops_frac:.1%} of INT8 is infeasible: below the floor of the candidate set, {blo:.1%} "
-                              f"(the smallest weight and activation widths)", f"raise --bops-frac to at least {blo:.3g}")
+                raise SQError(f"BOPs budget {self.bops_frac:.1%} of INT8 is infeasible: below {blo:.2%}, the smallest weight and activation widths",
+                              "raise --bops-frac (the search names the model's exact floor) or add smaller widths")
         return self
+
+def ceil_sig(x:float, sig:int=4) -> float:
+    "`x` rounded up to `sig` significant digits: a floor named in a hint that is accepted when pasted back."
+    if x <= 0 or not math.isfinite(x): return x
+    k = sig - 1 - math.floor(math.log10(x))
+    return math.ceil(x * 10**k - 1e-9) / 10**k
+
+def floor_sig(x:float, sig:int=4) -> float:
+    "`x` rounded down to `sig` significant digits (a ceiling named in a hint)."
+    if x <= 0 or not math.isfinite(x): return x
+    k = sig - 1 - math.floor(math.log10(x))
+    return math.floor(x * 10**k + 1e-9) / 10**k
 
 # %% ../nbs/00_core.ipynb #4ed2dc51
 def seed_everything(seed:int=0 # Seed for python, numpy and torch

@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/data.html.md"""
 
 # %% ../nbs/04_data.ipynb #746a6a2f
 from __future__ import annotations
-import hashlib, json, math, os, shutil, tempfile, zipfile
+import hashlib, json, math, os, shutil, tempfile, warnings, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +19,10 @@ from tqdm import tqdm
 from .core import SQError, load_settings, resolve_device
 
 # %% auto #0
-__all__ = ['CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'check_splits', 'stratified_split', 'channel_stats',
-           'load_digits_bundle', 'file_sha256', 'decode_imagefolder', 'load_imagefolder_bundle', 'make_toy_imagefolder',
-           'zip_folder', 'data_roots', 'find_cifar10', 'read_cifar10_batches', 'load_cifar10', 'get_data']
+__all__ = ['CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'check_splits', 'SplitsWarning', 'stratified_split',
+           'channel_stats', 'load_digits_bundle', 'file_sha256', 'decode_imagefolder', 'load_imagefolder_bundle',
+           'make_toy_imagefolder', 'zip_folder', 'data_roots', 'find_cifar10', 'read_cifar10_batches', 'load_cifar10',
+           'get_data']
 
 # %% ../nbs/04_data.ipynb #4d46d61e
 def _augment(x:torch.Tensor, # Float batch (B, C, H, W)
@@ -227,7 +228,22 @@ def check_splits(data:DataBundle, # The bundle a search will train, validate and
                       f"for {C} classes (need at least {need['train']} / {need['val']} / {need['test']})",
                       "use more images (CLI: raise or drop --limit; Python: a larger subset or more images per class) "
                       "or change the validation share (--val-frac, settings.ini [data] val_frac)")
+    for sp in _SPLITS:                 # NaN/inf inputs: refused here, not reported later as a collapsed quantizer step
+        x = data.split(sp)[0]
+        if x.is_floating_point() and len(x) and not (ok := torch.isfinite(x.reshape(len(x), -1)).all(1)).all():
+            bad = (~ok).nonzero().flatten()
+            raise SQError(f"the {sp} split of {data.name} has {len(bad)} input(s) with NaN or infinite values (first: sample {int(bad[0])})",
+                          "clean or drop those samples before the search, e.g. keep x[torch.isfinite(x).flatten(1).all(1)]")
+    name = lambda i: data.classes[i] if i < len(getattr(data, "classes", []) or []) else str(i)
+    gaps = {sp: sorted(set(present) - {int(v) for v in data.split(sp)[1].tolist()}) for sp in ("val", "test")}
+    if any(gaps.values()):             # trained on, never judged: say so (a warning; the run goes on)
+        warnings.warn(SplitsWarning(f"{data.name}: " + "; ".join(f"{len(g)} class(es) never reach the {sp} split ({', '.join(name(i) for i in g[:8])}"
+                                                              f"{' …' if len(g) > 8 else ''})" for sp, g in gaps.items() if g)
+                                    + ": their accuracy is not measured; give them more images (at least 3 per class) or drop them"), stacklevel=2)
     return data
+
+class SplitsWarning(UserWarning):
+    "Data a search can run on but not fully judge (classes missing from validation or test)."
 
 # %% ../nbs/04_data.ipynb #f901d9a8
 def _check_split_frac(name, v):

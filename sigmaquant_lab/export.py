@@ -21,8 +21,8 @@ from .models import get_model
 
 # %% auto #0
 __all__ = ['PACKED_FORMAT', 'PACKED_VERSION', 'ONNX_MIN_OPSET', 'ONNX_DEFAULT_OPSET', 'pack_bits', 'unpack_bits', 'export_packed',
-           'read_packed_header', 'load_packed', 'run_model', 'export_run', 'onnx_weight_type', 'export_onnx',
-           'check_onnx']
+           'read_packed_header', 'load_packed', 'run_model', 'export_run', 'check_run', 'onnx_weight_type',
+           'export_onnx', 'onnx_predict', 'check_onnx']
 
 # %% ../nbs/11_export.ipynb #78e5a1ec
 def _check_width(bits):
@@ -247,6 +247,10 @@ def run_model(run_dir:str|Path # A finished run directory
     qkeys = set(QuantConfig.__dataclass_fields__) - {"w_bits"}
     quantize_(model, QuantConfig(**{k: v for k, v in cfg.get("quant", {}).items() if k in qkeys}), strict=cfg.get("strict", True))
     set_bits_(model, bits)
+    # the searched activation widths (act_bits.json; runs written before it: result.json's a_bits)
+    a_bits = _read_json(run/"act_bits.json") if (run/"act_bits.json").is_file() else \
+             (_read_json(run/"result.json").get("a_bits") if (run/"result.json").is_file() else None)
+    if a_bits: set_bits_(model, a_bits, act=True)
     try: model.load_state_dict(torch.load(run/"model.pt", map_location="cpu", weights_only=True))
     except RuntimeError as e:
         raise SQError(f"{run/'model.pt'} does not fit model {name}: {str(e).splitlines()[0]}", "export a run written by this version of sigmaquant-lab") from None
@@ -258,13 +262,42 @@ def export_run(run_dir:str|Path, # A finished run directory
     "Pack a run's final model; return the file and a size report against the size the run reported."
     run = Path(run_dir).expanduser()
     model, cfg = run_model(run)
-    meta = {k: cfg.get(k) for k in ("method", "data", "data_arg", "image_size", "num_classes", "in_shape")}
+    meta = {k: cfg.get(k) for k in ("method", "data", "data_arg", "image_size", "num_classes", "in_shape", "normalize")}
     rep = export_packed(model, out or run/"model.packed.safetensors",
                         meta=dict(model_name=cfg.get("model_name") or cfg.get("model"), run=run.name, **meta))
     costs = _read_json(run/"result.json").get("costs", {}) if (run/"result.json").exists() else {}
     if "size_bytes" in costs:
         rep.update(run_size_bytes=costs["size_bytes"], run_ratio=rep["file_bytes"]/costs["size_bytes"])
     return Path(rep["path"]), rep
+
+def _run_predictions(run:Path) -> dict:
+    from sigmaquant_lab.runs import PREDICTIONS
+    if not (run/PREDICTIONS).is_file():
+        raise SQError(f"run {run.name} recorded no test predictions ({PREDICTIONS} is missing)",
+                      "check a run written by this version of sigmaquant-lab (older runs can still be exported, not checked)")
+    return _read_json(run/PREDICTIONS)
+
+def check_run(run_dir:str|Path, # A finished run directory
+              data=None, # The run's DataBundle (default: reloaded from config.json, e.g. digits or a --data path)
+              packed:str|Path|None=None, # A packed file of this run to check too (`export_run`)
+              onnx:str|Path|None=None, # An ONNX graph of this run to check too (`export_onnx`)
+              settings=None, # `Settings` for reloading the data
+              batch_size:int=256) -> dict:
+    "Compare every rebuild of a run (run_model; the packed file; the ONNX graph in onnxruntime) with the test predictions the search recorded."
+    from sigmaquant_lab.runs import compare_predictions
+    from sigmaquant_lab.train import predict
+    run = Path(run_dir).expanduser()
+    model, cfg = run_model(run)
+    rec = _run_predictions(run)
+    if data is None:
+        from sigmaquant_lab.options import input_data, run_inputs
+        data = input_data(run_inputs(cfg), settings)[0]
+    loader = data.loader(rec["split"], batch_size=batch_size)
+    labels = torch.cat([y for _, y in loader]).long()
+    out = dict(run_model=compare_predictions(rec, predict(model, loader, bf16=False)[0], labels))
+    if packed is not None: out["packed"] = compare_predictions(rec, predict(load_packed(packed), loader, bf16=False)[0], labels)
+    if onnx is not None: out["onnx"] = compare_predictions(rec, onnx_predict(onnx, loader), labels)
+    return out
 
 # %% ../nbs/11_export.ipynb #42fbefc6
 ONNX_MIN_OPSET, ONNX_DEFAULT_OPSET = 13, 21
@@ -420,23 +453,34 @@ def export_onnx(model:nn.Module, # Quantized, calibrated model
     onnx.checker.check_model(mp)
     data = mp.SerializeToString()
     path = _write(path, data)
-    layers = {n: dict(bits=m.w_bits, weight=types[n], act="FLOAT" if m.act_quant.bits is None else "UINT8") for n, m in ql.items()}
+    layers = {n: dict(bits=m.w_bits, weight=types[n], act="FLOAT" if m.act_quant.bits is None else "UINT8", a_bits=m.act_quant.bits)
+              for n, m in ql.items()}   # an activation below 8 bits: uint8 codes clipped to its grid
     by_type = {}
     for n, l in layers.items(): by_type.setdefault(l["weight"], []).append(n)
     return dict(path=str(path), opset=opset, file_bytes=len(data), layers=layers, weight_types=by_type)
+
+def _ort_session(path):
+    try: import onnxruntime as ort
+    except ImportError: raise SQError("the onnxruntime package is not installed", "pip install onnxruntime") from None
+    so = ort.SessionOptions(); so.log_severity_level = 3
+    try: return ort.InferenceSession(str(Path(path).expanduser()), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise SQError(f"onnxruntime {ort.__version__} cannot load {path}: {str(e).strip().splitlines()[0]}",
+                      "export with a lower opset (opset=21 or 13) or update onnxruntime") from None
+
+def onnx_predict(path:str|Path, # File written by `export_onnx`
+                 loader # Batches (x, y) of normalised inputs, e.g. `data.loader("test")`
+                ) -> torch.Tensor:
+    "Top-1 predictions of an exported graph in onnxruntime (CPU) on every batch of `loader`, in order."
+    sess = _ort_session(path); name = sess.get_inputs()[0].name
+    return torch.cat([torch.from_numpy(sess.run(None, {name: x.detach().float().cpu().numpy()})[0]).argmax(1) for x, _ in loader])
 
 def check_onnx(path:str|Path, # File written by `export_onnx`
                model:nn.Module, # The PyTorch model it came from
                x:torch.Tensor # A batch of inputs
               ) -> dict:
     "Run an exported graph in onnxruntime (CPU) and compare it with `model(x)`."
-    try: import onnxruntime as ort
-    except ImportError: raise SQError("the onnxruntime package is not installed", "pip install onnxruntime") from None
-    so = ort.SessionOptions(); so.log_severity_level = 3
-    try: sess = ort.InferenceSession(str(Path(path).expanduser()), so, providers=["CPUExecutionProvider"])
-    except Exception as e:
-        raise SQError(f"onnxruntime {ort.__version__} cannot load {path}: {str(e).strip().splitlines()[0]}",
-                      "export with a lower opset (opset=21 or 13) or update onnxruntime") from None
+    sess = _ort_session(path)
     was = model.training; model.eval()
     try:
         with torch.no_grad(): ref = model(x).float().cpu().numpy()

@@ -12,6 +12,7 @@ from typing import Callable, ClassVar, Iterable, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fastcore.basics import patch
@@ -74,6 +75,11 @@ def _shape_of(name, m, x, y):
     p = math.prod(x.shape[1:-1]) if x.dim() >= 2 else 1   # extra dims of a Linear input multiply P
     return LayerShape(name, "linear", m.in_features, m.out_features, 1, 1, 1, 1, p, 1, p, 1)
 
+def _float_units(n:str, m:nn.Module) -> dict:
+    "The float-kept units of a module with parameters of its own: {name: its parameters}; the root module's parameters are one unit each, named by the parameter."
+    ps = dict(m.named_parameters(recurse=False))
+    return {k: [p] for k, p in ps.items()} if n == "" else ({n: list(ps.values())} if ps else {})
+
 def _costed_modules(model, filter_fn, strict=True):
     "Costed layers by name; refuse unknown modules with parameters (`strict=False`: return them too, {name: weights}, to keep in float)."
     costed, inside, unknown, floats = {}, set(), [], {}
@@ -83,7 +89,7 @@ def _costed_modules(model, filter_fn, strict=True):
             costed[n] = m
             inside.update(id(s) for s in m.modules())
         elif not isinstance(m, _FREE) and next(m.parameters(recurse=False), None) is not None:
-            unknown.append(f"{n or '(root)'} ({type(m).__name__})"); floats[n] = sum(p.numel() for p in m.parameters(recurse=False))
+            unknown.append(f"{n or '(root)'} ({type(m).__name__})"); floats.update({k: sum(p.numel() for p in ps) for k, ps in _float_units(n, m).items()})
     if unknown and not strict: unknown = []
     if unknown:
         more = f" and {len(unknown) - 6} more" if len(unknown) > 6 else ""
@@ -389,30 +395,68 @@ class HWCosts:
                 f"({f['latency_frac']:.3f}x), MAC area {f['area_frac']:.3f}x; simulated)")
 
 # %% ../nbs/03_hardware.ipynb #e9f7b68d
+_CONV_FNS = {F.conv1d, F.conv2d, F.conv3d}
+_CONVT_FNS = {F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+_MM_FNS = {torch.matmul, torch.mm, torch.bmm, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__}
+
+def _op_macs(func, args, kwargs, out) -> float:
+    "MACs of one convolution, linear map or matrix product as it ran."
+    a = [*args, *kwargs.values()]
+    if func in _CONV_FNS or func in _CONVT_FNS:
+        x, w = (args[0] if args else kwargs["input"]), (args[1] if len(args) > 1 else kwargs["weight"])
+        return float((x.numel() if func in _CONVT_FNS else out.numel()) * math.prod(w.shape[1:]))
+    if func is F.linear:
+        w = args[1] if len(args) > 1 else kwargs["weight"]
+        return float(out.numel() * w.shape[-1])
+    x = args[1] if func is torch.Tensor.__rmatmul__ else a[0]     # the left operand: its last dimension is summed over
+    return float(out.numel() * x.shape[-1])
+
+_T = torch.Tensor
+_VIEW_FNS = {_T.t, torch.t, _T.transpose, torch.transpose, _T.permute, torch.permute, _T.view, _T.view_as, _T.reshape, torch.reshape,
+             _T.expand, _T.expand_as, _T.flatten, torch.flatten, _T.unsqueeze, torch.unsqueeze, _T.squeeze, torch.squeeze,
+             _T.contiguous, _T.__getitem__, _T.to, _T.float, _T.type_as, _T.detach, _T.clone, _T.T.__get__, _T.mT.__get__}
+
+class _ParamOps(torch.overrides.TorchFunctionMode):
+    "Counts, per watched parameter holder, the MACs of what runs on its parameters (functional code too): convolutions, linear maps and matrix products exactly, other operations one per output element; views of a parameter stay its own."
+    def __init__(self, owner:dict): super().__init__(); self.owner, self.found, self._keep = dict(owner), {}, []
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        hit = next((self.owner[id(t)] for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor) and id(t) in self.owner), None)
+        if hit is None or not isinstance(out, torch.Tensor): return out
+        if func in _VIEW_FNS: self.owner[id(out)] = hit; self._keep.append(out)    # a view is still the parameter (kept alive: ids stay unique)
+        else:
+            n = _op_macs(func, args, kwargs, out) if (func in _CONV_FNS or func in _CONVT_FNS or func is F.linear or func in _MM_FNS) else float(out.numel())
+            self.found[hit] = self.found.get(hit, 0.0) + n
+        return out
+
 def float_macs(model:nn.Module, # Model to trace (train/eval flags restored)
                input_shape:Iterable[int], # One input without the batch
-               names:Iterable[str] # Layers kept in float (`strict=False`)
+               names:Iterable[str] # Layers kept in float (`strict=False`), as `_costed_modules` names them
               ) -> dict[str, float]:
-    "MACs per inference of layers the accelerator does not cost: convolutions exactly, attention by its projections and products, others one per output element."
-    mods, found, hooks = dict(model.named_modules()), {}, []
+    "MACs per inference of layers the accelerator does not cost, from what runs: every convolution, linear map and matrix product on their parameters (functional code too), attention by its projections and products, others one per output element."
+    names = list(names)
+    units = {k: (m, ps) for n, m in model.named_modules() for k, ps in _float_units(n, m).items() if k in names}
+    owners = {k: m for k, (m, _) in units.items() if m is not model}      # module hooks: named modules (the root's parameters: ops only)
+    param_owner = {id(p): k for k, (_, ps) in units.items() for p in ps}
+    found, hooks = {}, []
     def hook(name):
         def f(m, args, out):
             o = out[0] if isinstance(out, (tuple, list)) else out
-            if isinstance(m, nn.modules.conv._ConvNd):
-                k = math.prod(m.kernel_size)
-                n = (args[0].numel() * (m.out_channels // m.groups) if m.transposed else o.numel() * (m.in_channels // m.groups)) * k
-            elif isinstance(m, nn.MultiheadAttention):
+            if isinstance(m, nn.MultiheadAttention):
                 e = m.embed_dim; t = o.numel() // e
                 n = t * 4 * e * e + 2 * t * t * e
             else: n = o.numel() if torch.is_tensor(o) else 0
             found[name] = found.get(name, 0.0) + float(n)
         return f
+    ops = _ParamOps(param_owner)
     try:
-        hooks = [mods[n].register_forward_hook(hook(n)) for n in names if n in mods]
-        forward_once(model, torch.zeros(1, *_check_input_shape(input_shape)))
+        hooks = [m.register_forward_hook(hook(lab)) for lab, m in owners.items()]
+        with ops: forward_once(model, torch.zeros(1, *_check_input_shape(input_shape)))
     finally:
         for h in hooks: h.remove()
-    return {n: found.get(n, 0.0) for n in names}
+    # the operations on a layer's parameters where they ran (exact); attention and other layers: their own rule
+    return {n: (found.get(n, 0.0) if isinstance(owners.get(n), nn.MultiheadAttention) or n not in ops.found else ops.found[n]) for n in names}
 
 class CostModel:
     "Per-layer arrays of one model on one `HardwareConfig`: costs any number of bit maps fast."

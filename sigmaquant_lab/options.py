@@ -24,7 +24,8 @@ from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
 __all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'widget_bounds',
-           'parse_field', 'set_field', 'parse_path', 'apply_sets', 'data_kwargs', 'input_data', 'input_model']
+           'parse_field', 'set_field', 'parse_path', 'apply_sets', 'data_kwargs', 'input_data', 'run_inputs',
+           'input_model']
 
 # %% ../nbs/11a_options.ipynb #op05aa
 @dataclass(frozen=True)
@@ -316,6 +317,12 @@ def input_data(inp:InputConfig, # Where the data comes from
     elif train_cap is not None and len(data.y_train) > train_cap: data = data.subset(train_cap)
     check_splits(data)
     return data, inp.model or ("digits_cnn" if data.name == "digits" else "resnet20")
+
+def run_inputs(conf:dict # A run's config.json
+              ) -> InputConfig:
+    "The inputs a run record names (`data_arg`, `image_size`, `limit`, `val_frac`): the same splits for resume and export checks."
+    return InputConfig(data=conf.get("data_arg") or conf.get("data"), image_size=conf.get("image_size"), limit=conf.get("limit"),
+                       val_frac=conf.get("val_frac"))
 
 def input_model(inp:InputConfig, data, model_name:str, settings=None, *, batch_size:int|None=None, seed:int|None=None,
                 device:str="cpu", progress:bool=False) -> nn.Module:

@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/runs.html.md"""
 
 # %% ../nbs/07_runs.ipynb #cea9ce97
 from __future__ import annotations
-import fcntl, json, os, shutil, time, datetime as _dt
+import errno, fcntl, json, os, shutil, time, datetime as _dt
 from pathlib import Path
 
 import torch
@@ -14,17 +14,23 @@ import torch
 from .core import SQError, atomic_write, atomic_write_json, to_jsonable, fault
 
 # %% auto #0
-__all__ = ['PARTIAL', 'check_writable', 'RunDir', 'list_runs']
+__all__ = ['PARTIAL', 'PREDICTIONS', 'check_writable', 'RunDir', 'prediction_record', 'compare_predictions', 'summary_of',
+           'list_runs']
 
 # %% ../nbs/07_runs.ipynb #3a5f0adb
 PARTIAL = ".partial"
 
-def check_writable(out_dir:str|Path) -> Path:
-    "Create `out_dir` if needed and prove it is writable, or fail clearly."
+def check_writable(out_dir:str|Path, # Folder that will hold run records
+                   create:bool=True # Create it; False: only prove it could be created and written (nothing is made on disk)
+                  ) -> Path:
+    "Prove `out_dir` is writable (creating it with `create`), or fail clearly."
     out = Path(out_dir).expanduser()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out/f".write-probe-{os.getpid()}"
+        if create: out.mkdir(parents=True, exist_ok=True)
+        at = out
+        while not at.exists(): at = at.parent        # not created yet: the folder it would be created in
+        if not at.is_dir(): raise NotADirectoryError(errno.ENOTDIR, "not a folder", str(at))
+        probe = at/f".write-probe-{os.getpid()}"
         probe.write_bytes(b"ok"); probe.unlink()
     except OSError as e:
         raise SQError(f"output directory {out} is not writable ({e.strerror or e})", "pass --out with a folder you can write to") from None
@@ -140,12 +146,53 @@ class RunDir:
             os.replace(self.path, dst); self.path = dst
         return self
 
+    def write_final(self, result:dict, # The run's result (`asdict(SearchResult)`): bits, a_bits, metrics, predictions summary
+                    state:dict, # The final model's state dict (quantizer steps and activation ranges included)
+                    predictions:dict|None=None): # `prediction_record` of the final model on the test split
+        "Write the final map as the run record keeps it: weight and activation widths, model state, recorded predictions, result."
+        self.write_json("bits.json", result["bits"])
+        self.write_json("act_bits.json", result.get("a_bits") or {})
+        self.save_torch("model.pt", state)
+        if predictions is not None: self.write_json(PREDICTIONS, predictions)
+        self.write_json("result.json", result)
+
     def abort(self):
         "Remove a staging directory (after an error): nothing half-written stays."
         self.unlock()
         if not self.finished and self.path.exists(): shutil.rmtree(self.path, ignore_errors=True)
 
 # %% ../nbs/07_runs.ipynb #856dabc6
+PREDICTIONS = "predictions.json"
+
+def _sha(t:torch.Tensor) -> str:
+    import hashlib
+    return hashlib.sha256(t.detach().cpu().to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+def prediction_record(preds:torch.Tensor, # Top-1 predictions on a split, in its order
+                      labels:torch.Tensor, # The split's labels
+                      split:str="test") -> dict:
+    "What a run records of its final model: every top-1 prediction on `split`, their digest and the labels' digest."
+    if len(preds) != len(labels): raise SQError(f"{len(preds)} predictions for {len(labels)} labels", "predict on the whole split")
+    return dict(split=split, n=len(labels), acc=int((preds == labels).sum()) / max(len(labels), 1), sha256=_sha(preds),
+                labels_sha256=_sha(labels), argmax=[int(v) for v in preds.tolist()])
+
+def compare_predictions(rec:dict, # A `prediction_record` (a run's predictions.json)
+                        preds:torch.Tensor, # Predictions of a rebuilt model on the same split
+                        labels:torch.Tensor|None=None # The split's labels now (checked against the record's digest)
+                       ) -> dict:
+    "How far a rebuilt model's predictions are from the ones the run recorded: {n, agree, mismatches (first indices), exact}."
+    if labels is not None and _sha(labels) != rec["labels_sha256"]:
+        raise SQError(f"the {rec['split']} split is not the one the run was measured on (its labels differ)",
+                      "load the run's data with the same data, --image-size, --limit and --val-frac")
+    want = torch.tensor(rec["argmax"], dtype=torch.int64)
+    if len(preds) != len(want): raise SQError(f"{len(preds)} predictions for the {len(want)} the run recorded", f"predict on the whole {rec['split']} split")
+    diff = (preds.cpu().to(torch.int64) != want).nonzero().flatten()
+    return dict(n=len(want), agree=1 - len(diff) / max(len(want), 1), mismatches=diff[:10].tolist(), exact=len(diff) == 0)
+
+def summary_of(rec:dict) -> dict:
+    "A prediction record without its per-sample list (what result.json keeps)."
+    return {k: v for k, v in rec.items() if k != "argmax"}
+
 def list_runs(out_dir:str|Path) -> list[dict]:
     "Manifests of the runs in `out_dir` (finished and in progress), oldest first."
     out = Path(out_dir)
@@ -154,6 +201,9 @@ def list_runs(out_dir:str|Path) -> list[dict]:
     for p in sorted(out.iterdir()):
         m = p/"manifest.json"
         if p.is_dir() and m.exists():
-            try: rows.append({**json.loads(m.read_text()), "path": str(p), "finished": not p.name.endswith(PARTIAL)})
-            except json.JSONDecodeError: rows.append({"name": p.name, "path": str(p), "status": "CORRUPT", "finished": False})
+            # a run is named by its folder (a renamed run is listed under its new name; the manifest's is kept as `recorded_name`)
+            try: man = json.loads(m.read_text())
+            except json.JSONDecodeError: man = {"status": "CORRUPT"}
+            rows.append({**man, "name": p.name.removesuffix(PARTIAL), "recorded_name": man.get("name"), "path": str(p),
+                         "finished": not p.name.endswith(PARTIAL) and man.get("status") != "CORRUPT"})
     return sorted(rows, key=lambda r: r.get("started", 0))

@@ -16,11 +16,11 @@ import torch
 import torch.nn as nn
 
 from .core import (SQError, ini_defaults, ini_kwargs, Cancelled, Budget, check_bits, seed_everything, resolve_device,
-                                 load_settings, to_jsonable)
+                                 load_settings, to_jsonable, ceil_sig)
 from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, is_quantizable, tied_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
-from .train import TrainConfig, train_, evaluate, calibrate_
-from .runs import RunDir
+from .train import TrainConfig, train_, evaluate, predict, calibrate_
+from .runs import RunDir, prediction_record, summary_of
 from .data import DataBundle, check_splits
 from .dataforms import as_data, check_model_data
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
@@ -200,8 +200,8 @@ def check_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
         if lim is None or f[k] <= lim + 1e-9: continue
         how = f"every layer at {min(cfg.bits)}-bit weights" + (f", activations at {min(cfg.act_bits or cfg.bits)} bits" if b.bops_frac is not None else "")
         pins = f", first/last layer pinned at {cfg.pin_first_last} bits" if cfg.pin_first_last is not None else ""
-        raise SQError(f"the {k[:-5]} budget {lim:.1%} of INT8 is below the floor of the candidate set, {f[k]:.1%} ({how}{pins})",
-                      f"raise {flag} to at least {f[k]:.4g}" + (", add a smaller width to --bits" if min(cfg.bits) > 2 else "")
+        raise SQError(f"the {k[:-5]} budget {lim:.1%} of INT8 is below the floor of the candidate set, {f[k]:.2%} ({how}{pins}): infeasible",
+                      f"raise {flag} to at least {ceil_sig(f[k])}" + (", add a smaller width to --bits" if min(cfg.bits) > 2 else "")
                       + (" or unpin the first/last layer" if pins else ""))
     return f
 
@@ -213,7 +213,6 @@ def search_units(model:nn.Module, hw:CostModel) -> tuple[list, dict]:
 
 def check_budgets(model:nn.Module, data, cfg:SearchConfig) -> dict:
     "Every budget check that needs no training (an untrained model of the same architecture will do); returns the floor."
-    cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     hw = cost_model(model, data, cfg)
     return check_floor(hw, search_units(model, hw)[0], cfg)
 
@@ -534,7 +533,7 @@ class SearchResult:
     "What a search returns (and what its run record holds)."
     method:str; status:str; bits:dict; acc:float; test_acc:float; reference:dict; costs:dict
     layers:list; history:list; wall_s:float; epochs:int; reason:str=""; run_dir:str|None=None; config:dict=field(default_factory=dict)
-    a_bits:dict=field(default_factory=dict)
+    a_bits:dict=field(default_factory=dict); predictions:dict=field(default_factory=dict)
 
     @property
     def acc_drop(self) -> float: return self.reference["acc_val"] - self.acc
@@ -614,6 +613,11 @@ def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
     return [dict(name=n, params=int(p), sigma=float(r), sigma_n=float(sn), cluster=(None if cl is None else int(cl[i])),
                  bits=int(bits[n]), a_bits=ab.get(n), kl=float(k)) for i, (n, p, r, sn, k) in enumerate(zip(ctx.layers, ctx.params, raw, s, kl))]
 
+def _normalize(data) -> dict|None:
+    "The preprocessing every batch gets (per-channel mean/std in the data's units), as the run records it."
+    m, sd = getattr(data, "mean", None), getattr(data, "std", None)
+    return None if m is None else dict(mean=[float(v) for v in m], std=[float(v) for v in sd])
+
 def search(model:nn.Module, # Trained float model (left unchanged)
            data, # DataBundle (train/val/test), or a Dataset, DataLoader or (x, y) pair (`dataforms.as_data` carves the splits)
            cfg:SearchConfig, # Method config (its type picks the strategy)
@@ -629,7 +633,6 @@ def search(model:nn.Module, # Trained float model (left unchanged)
           ) -> SearchResult:
     "Run the search method `cfg` names on `model` and `data`."
     strat = strategy_for(cfg)
-    cfg.budget.check_reachable(cfg.bits, cfg.act_bits)
     if not isinstance(data, DataBundle) and not hasattr(data, "loader"): data = as_data(data)   # the same data forms as `explore`
     strat.validate(model, data)
     if hasattr(data, "split"): check_splits(data)             # too few images (or one class) to train and judge a model
@@ -645,7 +648,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     try:
         conf = dict(method=strat.name, **cfg.to_dict(), ours=strat.ours, data=getattr(data, "name", "?"),
                     model=type(model).__name__, num_classes=getattr(data, "num_classes", None),
-                    in_shape=list(getattr(data, "in_shape", ()) or ()), **(meta or {}))
+                    in_shape=list(getattr(data, "in_shape", ()) or ()), normalize=_normalize(data), **(meta or {}))
         if resume: ck = _check_resumable(run, conf)
         ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress, hw=hw)
         if run is not None and not resume:
@@ -704,19 +707,21 @@ def search(model:nn.Module, # Trained float model (left unchanged)
         set_bits_(ctx.model, choice.bits)
         if choice.a_bits: set_bits_(ctx.model, choice.a_bits, act=True)
     ctx.cancel = None                           # the final measurement is not cancellable ...
+    preds = None
     if status == "CANCELLED" and not evaluate_cancelled: acc = test_acc = float("nan")   # ... unless the caller skips it
-    else: acc, test_acc = ctx.evaluate("val"), ctx.evaluate("test")
+    else:       # the searched model's own test predictions are recorded: every rebuild (run_model, packed, ONNX) is checked against them
+        acc = ctx.evaluate("val")
+        preds = prediction_record(*predict(ctx.model, ctx.loaders["test"], bf16=cfg.train.bf16))
+        test_acc = preds["acc"]
     costs = ctx.costs(choice.bits)
     res = SearchResult(strat.name, status, get_bits(ctx.model), acc, test_acc, ctx.ref, costs, _layer_rows(ctx, choice.bits, choice.extra),
                        [e for e in ctx.events if e["event"] == "StepFinished"], time.perf_counter() - ctx.t0, ctx.epochs,
-                       choice.reason, None, to_jsonable(cfg), get_act_bits(ctx.model))
+                       choice.reason, None, to_jsonable(cfg), get_act_bits(ctx.model), summary_of(preds) if preds else {})
     ctx.emit(RunFinished(status, res.bits, acc, test_acc, costs, res.wall_s, res.epochs, choice.reason, res.a_bits))
-    res.model, res.int8 = ctx.model, int8       # int8: the `Reference` to hand to the next search (None after a resume)
+    res.model, res.int8, res.test_predictions = ctx.model, int8, preds   # int8: the `Reference` for the next search (None after a resume)
     if run is not None:
         try:
-            run.write_json("bits.json", res.bits)
-            run.save_torch("model.pt", ctx.model.state_dict())
-            run.write_json("result.json", {k: v for k, v in asdict(res).items()})
+            run.write_final(asdict(res), ctx.model.state_dict(), preds)
             man = run.read_json("manifest.json")
             run.write_json("manifest.json", {**man, "status": status, "finished": time.time(), "acc": acc, "test_acc": test_acc,
                                              "size_frac": costs["size_frac"], "wall_s": res.wall_s,

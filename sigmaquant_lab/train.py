@@ -24,7 +24,7 @@ from .models import get_model, check_model_input
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'logits',
-           'cancel_points', 'evaluate', 'train_', 'calibrate_', 'float_model']
+           'cancel_points', 'evaluate', 'predict', 'train_', 'calibrate_', 'float_model']
 
 # %% ../nbs/06_train.ipynb #64fc365a
 OPTIMIZERS, SCHEDULES = ("sgd", "adam"), ("cosine", "onecycle", "constant")
@@ -114,6 +114,20 @@ def evaluate(model:nn.Module, loader:Iterable, bf16:bool=True,
     finally: model.train(was)
     if n == 0: raise SQError("the evaluation split is empty", "use a dataset with images in every split (check --val-frac)")
     return correct.item() / n
+
+def predict(model:nn.Module, loader:Iterable, bf16:bool=True,
+            cancel=None) -> tuple[torch.Tensor, torch.Tensor]: # Object with is_set(); checked before every batch
+    "Top-1 predictions and labels of `model` on every batch of `loader`, in order (CPU int64); `evaluate` is their agreement."
+    was = model.training; model.eval(); dev = _device_of(model)
+    preds, labels = [], []
+    try:
+        with torch.no_grad(), torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16 and dev.type == "cuda"), cancel_points(model, cancel):
+            for xb, yb in loader:
+                _check_cancel(cancel)
+                preds.append(model(xb.to(dev, non_blocking=True)).argmax(1)); labels.append(yb)
+    finally: model.train(was)
+    if not preds: raise SQError("the evaluation split is empty", "use a dataset with images in every split (check --val-frac)")
+    return torch.cat(preds).cpu(), torch.cat(labels).cpu().long()
 
 # %% ../nbs/06_train.ipynb #e106a5fa
 def train_(model:nn.Module, # Model to train in place (float or quantized)

@@ -32,7 +32,9 @@ class UniformConfig(SearchConfig):
         if self.w_bits is not None:
             if isinstance(self.w_bits, bool) or not isinstance(self.w_bits, int) or not 2 <= self.w_bits <= 8:
                 raise SQError(f"w_bits={self.w_bits!r} is not a weight width", "use an integer from 2 to 8, e.g. 4, or None for the widest pair within the budgets")
-            object.__setattr__(self, "bits", check_bits((*self.bits, self.w_bits)))
+            if self.w_bits not in check_bits(self.bits):
+                raise SQError(f"w_bits={self.w_bits} is not one of the candidate widths {tuple(self.bits)}",
+                              f"pick one of them, or add it to the candidates (--bits {','.join(map(str, sorted({*self.bits, self.w_bits})))})")
         if self.a_bits is not None:
             if isinstance(self.a_bits, bool) or not isinstance(self.a_bits, int) or not 2 <= self.a_bits <= 8:
                 raise SQError(f"a_bits={self.a_bits!r} is not an activation width", "use an integer from 2 to 8, or None for 8-bit activations")
