@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/cli.html.md"""
 
 # %% ../nbs/15_cli.ipynb #1d1517ef
 from __future__ import annotations
-import argparse, signal, sys, threading, time, os
+import argparse, json, signal, sys, threading, time, os
 from pathlib import Path
 
 import torch
@@ -226,7 +226,12 @@ def cmd_export(a, out=None) -> int:
         print(f"onnx    {onnx}  opset {orep['opset']}, weight types {orep['weight_types']}", file=out)
     if not (run/PREDICTIONS).is_file():
         print(f"check   skipped: {run.name} recorded no test predictions (written by an older version)", file=out); return 0
-    chk = check_run(run, packed=path, onnx=onnx, settings=load_settings(a.settings))
+    st = load_settings(a.settings)
+    try: data = input_data(run_inputs(json.loads((run/"config.json").read_text())), st)[0]
+    except SQError as e:      # e.g. data given in Python ((x, y) tensors): nothing on disk names it
+        print(f"check   skipped: the run's data cannot be reloaded from its record ({e.problem}); "
+              "in Python: export.check_run(run, data=...)", file=out); return 0
+    chk = check_run(run, data, packed=path, onnx=onnx)
     for k, lab in (("run_model", "rebuilt model"), ("packed", "packed file"), ("onnx", "onnxruntime")):
         if k not in chk: continue
         c = chk[k]

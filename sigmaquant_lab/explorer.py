@@ -708,12 +708,10 @@ def save_run(self:ExplorerState, out_dir:str|Path|None=None, # Folder of run rec
     run = RunDir.create(out_dir, name, prefix="explorer")
     try:
         conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
-                    in_shape=list(wb.data.in_shape), saved_from="explorer", splits=wb.note,
+                    in_shape=list(wb.data.in_shape), saved_from="explorer", splits=wb.note, inputs=getattr(wb.data, "origin", None),
                     **({"model_name": wb.model_name} if wb.model_name in MODEL_NAMES else {}))
         run.write_json("config.json", conf)
-        run.write_json("bits.json", r.bits)
-        run.save_torch("model.pt", r.model.state_dict())
-        run.write_json("result.json", asdict(r) | {"run_dir": str(run.final_path)})
+        run.write_final(asdict(r) | {"run_dir": str(run.final_path)}, r.model.state_dict(), getattr(r, "test_predictions", None))
         c = r.costs
         run.write_json("manifest.json", dict(name=run.name, method=r.method, status=r.status, started=time.time() - r.wall_s, finished=time.time(),
                                              data=wb.data.name, model=type(wb.model).__name__, budget=r.config.get("budget"), acc=r.acc,

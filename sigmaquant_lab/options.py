@@ -313,16 +313,17 @@ def input_data(inp:InputConfig, # Where the data comes from
     st = settings or load_settings()
     name = inp.data or OPTIONS["data"].default(st)
     data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac, inp.download))
-    if inp.limit: data = data.subset(inp.limit)
-    elif train_cap is not None and len(data.y_train) > train_cap: data = data.subset(train_cap)
+    limit = inp.limit or (train_cap if train_cap is not None and len(data.y_train) > train_cap else None)
+    if limit: data = data.subset(limit)
+    data.origin = dict(data=name, image_size=inp.image_size, limit=limit, val_frac=inp.val_frac)   # recorded by runs (`run_inputs`)
     check_splits(data)
     return data, inp.model or ("digits_cnn" if data.name == "digits" else "resnet20")
 
 def run_inputs(conf:dict # A run's config.json
               ) -> InputConfig:
-    "The inputs a run record names (`data_arg`, `image_size`, `limit`, `val_frac`): the same splits for resume and export checks."
-    return InputConfig(data=conf.get("data_arg") or conf.get("data"), image_size=conf.get("image_size"), limit=conf.get("limit"),
-                       val_frac=conf.get("val_frac"))
+    "The inputs a run record names (its data's `origin`; older records: `data_arg`, `image_size`, `limit`, `val_frac`): the same splits for resume and export checks."
+    src = conf.get("inputs") or dict(data=conf.get("data_arg") or conf.get("data"), **{k: conf.get(k) for k in ("image_size", "limit", "val_frac")})
+    return InputConfig(**{k: src.get(k) for k in ("data", "image_size", "limit", "val_frac")})
 
 def input_model(inp:InputConfig, data, model_name:str, settings=None, *, batch_size:int|None=None, seed:int|None=None,
                 device:str="cpu", progress:bool=False) -> nn.Module:

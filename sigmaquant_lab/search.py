@@ -648,7 +648,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     try:
         conf = dict(method=strat.name, **cfg.to_dict(), ours=strat.ours, data=getattr(data, "name", "?"),
                     model=type(model).__name__, num_classes=getattr(data, "num_classes", None),
-                    in_shape=list(getattr(data, "in_shape", ()) or ()), normalize=_normalize(data), **(meta or {}))
+                    in_shape=list(getattr(data, "in_shape", ()) or ()), normalize=_normalize(data), inputs=getattr(data, "origin", None), **(meta or {}))
         if resume: ck = _check_resumable(run, conf)
         ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress, hw=hw)
         if run is not None and not resume:
