@@ -753,12 +753,3 @@ def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook
     s = settings or load_settings()
     host = host or s.str("explorer", "host"); port = int(port if port is not None else s.int("explorer", "port"))
     return ["panel", "serve", str(notebook), "--address", host, "--port", str(port), "--allow-websocket-origin", f"{host}:{port}"]
-
-_APP_NAMES = ("ExplorerApp", "LAYOUT", "STRUCTURE_FIELDS", "serve", "explore")
-
-def __getattr__(name:str):
-    "The app's names, loaded (with Panel) on first access, so `from sigmaquant_lab.explorer import ExplorerApp` keeps working."
-    if name in _APP_NAMES:
-        from sigmaquant_lab import explorer_app
-        return getattr(explorer_app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,12 +19,14 @@ from bokeh.core.property.vectorization import field
 
 from .core import SQError, load_settings
 from .plots import Snapshot, VIEWS, VIEW_DATA, LOG_COLUMNS, changed_views
-from .explorer import ExplorerState, Workbench, WorkbenchLoaded, Notice, logger
+from .explorer import ExplorerState, Notice
 
 # %% auto #0
-__all__ = ['STRUCTURE_FIELDS', 'LAYOUT', 'ExplorerApp', 'serve', 'inline_resources', 'explore']
+__all__ = ['logger', 'STRUCTURE_FIELDS', 'LAYOUT', 'ExplorerApp', 'serve', 'inline_resources', 'explore']
 
 # %% ../nbs/14a_explorer_app.ipynb #beeffa23
+logger = logging.getLogger(__name__)
+
 STRUCTURE_FIELDS = dict(kl=("layers", "cand_bits", "kl"))   # a change of these rebuilds the view (default: layers)
 
 class _View:
@@ -252,8 +254,6 @@ class ExplorerApp(pn.viewable.Viewer):
     def __panel__(self): return self._layout
 
 # %% ../nbs/14a_explorer_app.ipynb #a13a0010
-from .explorer import serve_command
-
 def serve(host:str|None=None, port:int|None=None, show:bool=False, settings=None, **kw):
     "Serve the explorer from Python (blocking); every session gets its own `ExplorerApp`."
     s = settings or load_settings()

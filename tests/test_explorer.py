@@ -152,11 +152,11 @@ def test_explorer_notebook_in_jupyter_kernel():
 
 
 def test_headless_explorer_imports_without_ui_stack():
-    "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names still resolve from `explorer`."
+    "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names come from `explorer_app`."
     import subprocess, sys
     code = ("import sys, sigmaquant_lab.explorer as e; assert not {'panel','holoviews','bokeh'} & set(sys.modules), sorted(sys.modules);"
             "from sigmaquant_lab.explorer import ExplorerState, SearchWorker, WorkbenchLoaded, serve_command;"
-            "from sigmaquant_lab.explorer import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
+            "from sigmaquant_lab.explorer_app import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
