@@ -194,3 +194,16 @@ def test_explore_own_model_save_and_downloads(workbench, tmp_path, capsys):
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert out.shape == (16, wb.data.num_classes)
     st.close()
+
+
+def test_snapshot_from_bops_result_keeps_bops_budget(workbench):
+    "A snapshot built from a BOPs search result keeps the BOPs budget (plots once read only size, energy and latency back)."
+    from sigmaquant_lab.core import Budget
+    from sigmaquant_lab.plots import Snapshot
+    from sigmaquant_lab.search import search
+    from sigmaquant_lab.sigmaquant import SigmaQuantConfig
+    cfg = SigmaQuantConfig(budget=Budget(max_acc_drop=0.05, size_frac=1.0, bops_frac=0.5), e1=1, e2=1, int8_epochs=1, max_steps=2, device="cpu")
+    res = search(workbench.model, workbench.data, cfg)
+    assert res.costs["bops_frac"] <= 0.5 + 1e-9
+    snap = Snapshot.from_result(res, workbench.cost_model)
+    assert snap.budget.bops_frac == 0.5 and snap.budget == cfg.budget
