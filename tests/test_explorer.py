@@ -61,7 +61,7 @@ def test_slider_spam_never_two_workers(workbench):
 def test_cancel_stops_worker_inside_its_qat_cycle(workbench):
     "Cancel lands at the next batch: the worker stops inside the 8-epoch cycle it was in and skips the final evaluation."
     from sigmaquant_lab.search import Progress, RunFinished
-    from sigmaquant_lab.explorer import SearchWorker
+    from sigmaquant_lab.explorer_worker import SearchWorker
     st = _state(workbench, auto_refine=False, epochs=8)
     w = SearchWorker(workbench.model, workbench.data, st.search_config()).start()
     end = time.monotonic() + 30
@@ -155,7 +155,7 @@ def test_headless_explorer_imports_without_ui_stack():
     "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names come from `explorer_app`."
     import subprocess, sys
     code = ("import sys, sigmaquant_lab.explorer as e; assert not {'panel','holoviews','bokeh'} & set(sys.modules), sorted(sys.modules);"
-            "from sigmaquant_lab.explorer import ExplorerState, SearchWorker, WorkbenchLoaded, serve_command;"
+            "from sigmaquant_lab.explorer import ExplorerState, WorkbenchLoaded, serve_command; from sigmaquant_lab.explorer_worker import SearchWorker;"
             "from sigmaquant_lab.explorer_app import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
