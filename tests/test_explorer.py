@@ -207,3 +207,19 @@ def test_snapshot_from_bops_result_keeps_bops_budget(workbench):
     assert res.costs["bops_frac"] <= 0.5 + 1e-9
     snap = Snapshot.from_result(res, workbench.cost_model)
     assert snap.budget.bops_frac == 0.5 and snap.budget == cfg.budget
+
+
+def test_unknown_event_is_refused(workbench):
+    "An event the reducer has no handler for is refused with a clear error (not silently dropped) and changes nothing."
+    from dataclasses import dataclass
+    from sigmaquant_lab.search import Event, StepFinished
+    from sigmaquant_lab.explorer import HANDLERS
+    @dataclass(frozen=True)
+    class StepDone(Event):          # e.g. StepFinished renamed without its handler
+        step:int
+    st = _state(workbench, auto_refine=False)
+    snap, status = st.snapshot, st.status
+    with pytest.raises(TypeError, match="cannot apply StepDone: explorer.HANDLERS has no handler"):
+        st.apply(StepDone(1))
+    assert st.snapshot is snap and st.status == status
+    assert StepFinished in HANDLERS
