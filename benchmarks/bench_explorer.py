@@ -229,7 +229,8 @@ def cancel_latency(dataset:str="digits", model_name:str="digits_cnn", runs:int=5
     "In-process: start a refinement, cancel it inside its first Phase-1 QAT cycle, time cancel -> worker thread ended."
     import torch
     from sigmaquant_lab.core import Budget
-    from sigmaquant_lab.explorer import load_workbench, SearchWorker
+    from sigmaquant_lab.explorer import load_workbench
+    from sigmaquant_lab.explorer_worker import SearchWorker
     from sigmaquant_lab.search import Progress
     from sigmaquant_lab.sigmaquant import SigmaQuantConfig
     torch.set_num_threads(1)

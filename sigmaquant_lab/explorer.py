@@ -1,4 +1,4 @@
-"""The live workbench, headless: `Workbench`, `ExplorerState` (inputs, status, a frozen snapshot) and `SearchWorker` (one background search thread). No Panel, HoloViews or Bokeh is imported here; the views and the app are in `explorer_app`.
+"""The live workbench, headless: `Workbench`, the explorer's events, `ExplorerState` (inputs and a reducer: status, progress, a frozen snapshot) and `ExplorerController` (loads, one refinement at a time, polling). No Panel, HoloViews or Bokeh is imported here; the worker thread is in `explorer_worker`, the views and the app are in `explorer_app`.
 
 Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
@@ -6,33 +6,32 @@ Docs: https://example.invalid/sigmaquant-lab/docs/explorer.html.md"""
 
 # %% ../nbs/14_explorer.ipynb #ff0ec809
 from __future__ import annotations
-import copy, dataclasses, json, logging, queue, threading, time
-from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+import copy, json, logging, queue, threading, time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import param
-import torch
 from fastcore.basics import patch
 
 from .core import SQError, Budget, check_bits, load_settings
-from .data import get_data, find_cifar10, check_splits
+from .data import find_cifar10, check_splits
 from .dataforms import as_data, splits_note, check_model_data
-from .train import float_model
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
 from .options import OPTIONS, InputConfig, widget_bounds, input_data, input_model
-from .search import search, search_units, reference_key, SearchConfig, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
+from .search import search_units, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
-from .plots import (Snapshot, VIEWS, VIEW_DATA, VIEW_FIELDS, LOG_COLUMNS, changed_views, log_row,
-                                  trajectory_point, MAC_LABELS)
+from .plots import Snapshot, log_row, trajectory_point, MAC_LABELS
+from .explorer_worker import SearchWorker, WorkerFailed, PeerFound
 
 # %% auto #0
-__all__ = ['logger', 'STATUSES', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded', 'PreviewReady',
-           'BudgetSet', 'MacSet', 'Notice', 'WorkerFailed', 'PeerFound', 'preview', 'PausingCancel', 'SearchWorker',
-           'ExplorerState', 'LogLine', 'run_peers', 'Kept', 'serve_command']
+__all__ = ['logger', 'STATUSES', 'HANDLERS', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded',
+           'PreviewReady', 'BudgetSet', 'MacSet', 'Notice', 'RefineStarted', 'LogLine', 'Kept', 'preview',
+           'ExplorerState', 'run_peers', 'known_peers', 'ExplorerController', 'write_run', 'export_files',
+           'serve_command']
 
 # %% ../nbs/14_explorer.ipynb #f1f81df7
 logger = logging.getLogger(__name__)
@@ -125,13 +124,19 @@ class Notice(Event):
     status:str; message:str=""
 
 @dataclass(frozen=True)
-class WorkerFailed(Event):
-    message:str
+class RefineStarted(Event):
+    "A refinement's worker started (`resume`: it continues the trajectory drawn so far)."
+    resume:bool=False
 
 @dataclass(frozen=True)
-class PeerFound(Event):
-    "A point for the zone plane besides the trajectory: a uniform W_xA_y map or a finished run (dict: label, method, size_frac, drop_pt, acc)."
-    peer:dict
+class LogLine(Event):
+    "A run-log line only (e.g. the end of a superseded run)."
+    text:str
+
+@dataclass(frozen=True)
+class Kept(Event):
+    "A decision written to disk (a run record, an exported file)."
+    what:str; path:str
 
 def preview(wb:Workbench, lam:float, bits:tuple, k:int=4 # Clusters K (settings.ini [search] clusters)
            ) -> PreviewReady:
@@ -141,116 +146,11 @@ def preview(wb:Workbench, lam:float, bits:tuple, k:int=4 # Clusters K (settings.
     return PreviewReady(float(lam), bits, tuple(int(x) for x in labels), tuple(float(c) for c in cents),
                         tuple(int(b) for b in clusters_to_bits(labels, len(cents), bits)))
 
-# %% ../nbs/14_explorer.ipynb #f2ca80b0
-class PausingCancel:
-    "The cancel flag `search` polls per batch and per layer; while `idle` is cleared it first waits (≤ `max_wait_s`) so the UI thread runs alone."
-    per_layer = True   # also checked at every Conv/Linear layer, forward and backward (`train.cancel_points`)
-    def __init__(self, stop:threading.Event, # Set to cancel
-                 idle:threading.Event|None=None, # Cleared while the UI wants the CPU
-                 max_wait_s:float=0.5): # Longest pause per check
-        self.stop, self.idle, self.max_wait_s = stop, idle, max_wait_s
-    def is_set(self) -> bool:
-        if self.idle is not None and not self.stop.is_set():
-            if not self.idle.is_set(): self.idle.wait(self.max_wait_s)
-            else: time.sleep(0)          # hand the GIL over once per batch so a waiting UI thread gets it at once
-        return self.stop.is_set()
-    def set(self): self.stop.set()
-
-# %% ../nbs/14_explorer.ipynb #7be9d38c
-class SearchWorker:
-    "One daemon thread running `search(model, data, cfg, on_event=queue.put, cancel=stop_event)`."
-    _ids = iter(range(1, 1 << 62))
-
-    def __init__(self, model, # Float model (left unchanged)
-                 data, # DataBundle
-                 cfg, # Search config (e.g. `SigmaQuantConfig`)
-                 threads:int|None=1, # torch intra-op threads for the search (None: leave as is)
-                 idle:threading.Event|None=None, # Pause between batches while this is cleared (see `PausingCancel`)
-                 references:dict|None=None, # Shared cache of INT8 references (e.g. `Workbench.references`): reused and filled
-                 ladder:tuple=(), # (w, a) pairs measured as uniform W_xA_y maps after the search, same QAT recipe (`PeerFound` events)
-                 ladder_cache:dict|None=None, # Shared cache of those points (e.g. `Workbench.ladder`): reused and filled
-                 **search_kw): # More `search` arguments (out_dir, name, ...)
-        search_kw.setdefault("evaluate_cancelled", False)   # a cancelled refinement ends at once, unmeasured
-        self.model, self.data, self.cfg, self.threads, self.search_kw = model, data, cfg, threads, search_kw
-        self.references, self.reused = references, False
-        self.ladder, self.ladder_cache = tuple(ladder), ladder_cache if ladder_cache is not None else {}
-        self.queue, self.stop = queue.SimpleQueue(), threading.Event()
-        self.flag = PausingCancel(self.stop, idle)
-        self.result, self.error, self.superseded = None, None, False
-        self.id = next(SearchWorker._ids)
-        self.thread = threading.Thread(target=self._run, name=f"sigmaquant-search-{self.id}", daemon=True)
-
-    def _run(self):
-        try:
-            if self.threads: torch.set_num_threads(self.threads)
-            self.flag.is_set()           # start when the UI is not redrawing
-            ref = None
-            if self.references is not None:          # hashing the float weights happens here, off the UI thread
-                ref = self.references.get(reference_key(self.model, self.data, self.cfg)); self.reused = ref is not None
-            self.result = search(self.model, self.data, self.cfg, on_event=self.queue.put, cancel=self.flag, reference=ref, **self.search_kw)
-            r8 = self.result.int8
-            if self.references is not None and r8 is not None and r8.key not in self.references:
-                while len(self.references) >= 8: self.references.pop(next(iter(self.references)))   # keep the 8 newest
-                self.references[r8.key] = r8
-            if self.ladder and self.result.status != "CANCELLED" and not self.stop.is_set(): self._measure_ladder(r8 or ref)
-        except SQError as e:
-            self.error = e; self.queue.put(WorkerFailed(str(e)))
-        except Exception as e:   # shown in the app as one line; the traceback goes to the server log
-            logger.exception("search worker failed"); self.error = e; self.queue.put(WorkerFailed(f"{type(e).__name__}: {e}"))
-
-    def _measure_ladder(self, ref):
-        "Uniform W_xA_y maps with the refinement's QAT recipe and INT8 reference, `e1` epochs each; cached; stops when cancelled."
-        from sigmaquant_lab.uniform import UniformConfig
-        from sigmaquant_lab.core import Budget
-        base = {f.name: getattr(self.cfg, f.name) for f in dataclasses.fields(SearchConfig) if f.name not in ("bits", "budget", "act_bits")}
-        epochs = max(1, int(self.cfg.e1))
-        for w, a in self.ladder:
-            if self.stop.is_set(): return
-            key = (getattr(ref, "key", None), int(w), int(a), epochs)
-            pt = self.ladder_cache.get(key) if key[0] is not None else None
-            if pt is None:
-                try:
-                    ucfg = UniformConfig(**base, w_bits=int(w), a_bits=int(a), epochs=epochs, budget=Budget(self.cfg.budget.max_acc_drop, 1.0))
-                    r = search(self.model, self.data, ucfg, cancel=self.flag, reference=ref, evaluate_cancelled=False)
-                except Exception:
-                    logger.exception("uniform ladder point W%sA%s failed", w, a); return
-                if r.status == "CANCELLED": return
-                pt = dict(label=f"W{w}A{a}", method="uniform", size_frac=float(r.costs["size_frac"]), acc=float(r.acc),
-                          drop_pt=float((r.reference["acc_val"] - r.acc) * 100), epochs=epochs)
-                if key[0] is not None: self.ladder_cache[key] = pt
-            self.queue.put(PeerFound(pt))
-
-    def start(self):
-        "Start the thread; returns self."
-        self.thread.start(); return self
-
-    @property
-    def alive(self) -> bool: return self.thread.is_alive()
-
-    def cancel(self):
-        "Ask the search to stop (checked per training batch)."
-        self.stop.set()
-
-    def join(self, timeout:float|None=None) -> bool:
-        "Wait up to `timeout` s for the thread; True when it has ended."
-        if self.thread.ident is not None: self.thread.join(timeout)
-        return not self.alive
-
-    def drain(self, max_events:int|None=None) -> list:
-        "Events queued so far (at most `max_events`), oldest first."
-        out = []
-        while max_events is None or len(out) < max_events:
-            try: out.append(self.queue.get_nowait())
-            except queue.Empty: break
-        return out
-
-    def __repr__(self): return f"SearchWorker(#{self.id}, {'alive' if self.alive else 'stopped'}, {type(self.cfg).__name__})"
-
 # %% ../nbs/14_explorer.ipynb #5e8db964
 STATUSES = ("idle", "loading", "running", "cancelling", "done", "cancelled", "error")
 
 class ExplorerState(param.Parameterized):
-    "Inputs, status, progress and a frozen snapshot of the explorer; `apply(event)` is the only writer of the outputs."
+    "The explorer's inputs, and its outputs (status, progress, a frozen snapshot) written only by `apply(event)`; `controller` runs the work."
     dataset = param.Selector(default="digits", objects=["digits", "cifar10", "path"], doc="Dataset (cifar10 is offered when its archive exists)")
     data_path = param.String(default="", doc="ImageFolder folder or .zip, used when dataset is 'path'")
     model_name = param.Selector(default="digits_cnn", objects=list(MODEL_NAMES), label="Model")
@@ -297,152 +197,159 @@ class ExplorerState(param.Parameterized):
         super().__init__(**params)
         ds = available_datasets(s)
         self.param.dataset.objects = ds + ([self.dataset] if self.dataset not in ds else [])   # per instance
-        self.settings, self.workbench, self.worker, self._k = s, None, None, s.int("search", "clusters")
-        self._pending, self._resume, self._loader, self._loaded, self._load_token = None, False, None, queue.SimpleQueue(), 0
-        self._t0, self._ref_acc = time.perf_counter(), None
-        self._idle, self._busy, self._want_refine = threading.Event(), 0, False
-        self._idle.set()
-        self.param.watch(self._budget_changed, ["max_acc_drop", "size_frac", "energy_frac"])
-        self.param.watch(self._preview_changed, ["lam", "bits"])
-        self.param.watch(self._mac_changed, ["mac"])
-        self.param.watch(lambda *_: self._follow(), ["epochs", "max_steps"])
-        self.param.watch(self._data_changed, ["dataset", "model_name", "data_path"])
+        self.settings, self.workbench, self._k = s, None, s.int("search", "clusters")
+        self._t0, self._ref_acc, self._resume = time.perf_counter(), None, False   # the reducer's memory: log clock, INT8 accuracy, resumed run
+        self.controller = ExplorerController(self)
 
-    @property
-    def running(self) -> bool: return self.worker is not None and self.worker.alive
-
-    @contextmanager
-    def priority(self):
-        "Pause the worker at its next layer or batch while the block runs (the UI thread gets the GIL)."
-        self._busy += 1; self._idle.clear()
-        try: yield
-        finally:
-            self._busy -= 1
-            if self._busy == 0: self._idle.set()
+    def apply(self, ev:Event):
+        "Fold one event into `status`, `progress`, `message` and `snapshot` (their only writer) with its handler in `HANDLERS`."
+        h = HANDLERS.get(type(ev))
+        if h is None:
+            raise TypeError(f"ExplorerState cannot apply {type(ev).__name__}: explorer.HANDLERS has no handler for it "
+                            f"(it handles {', '.join(sorted(c.__name__ for c in HANDLERS))}) -- add one there")
+        with param.edit_constant(self): h(self, ev)
 
     def budget(self) -> Budget:
         "The budget the sliders describe (validated by `Budget`)."
         return Budget(max_acc_drop=self.max_acc_drop, size_frac=self.size_frac, energy_frac=self.energy_frac)
 
+    def search_config(self) -> SigmaQuantConfig:
+        "The SigmaQuant config the inputs describe: short QAT cycles, λ as the first Phase-1 λ (raises `SQError` when infeasible)."
+        b = self.budget().check_reachable(self.bits)
+        return SigmaQuantConfig.from_settings(self.settings, bits=tuple(self.bits), budget=b, mac=self.mac, hardware=self.workbench.cost_model.hw,
+                                              lambda0=float(self.lam), e1=self.epochs, e2=self.epochs, int8_epochs=1, max_steps=self.max_steps,
+                                              strict=self.workbench.strict)
+
+    # the work is the controller's; these verbs hand over to it, so a notebook or a test drives one object
+    @property
+    def worker(self) -> SearchWorker|None: return self.controller.worker
+    @property
+    def running(self) -> bool: return self.controller.running
+    def load(self, wait:bool=False): self.controller.load(wait)
+    def refine(self, resume:bool=False): self.controller.refine(resume)
+    def cancel(self): self.controller.cancel()
+    def close(self): self.controller.close()
+    def poll(self, max_events:int=1000) -> int: return self.controller.poll(max_events)
+    def busy(self) -> bool: return self.controller.busy()
+    def wait(self, timeout:float=60.0, interval:float=0.05) -> bool: return self.controller.wait(timeout, interval)
+    def priority(self): return self.controller.priority()
+    def last_result(self): return self.controller.last_result()
+    def save_run(self, out_dir:str|Path|None=None, name:str|None=None) -> Path: return self.controller.save_run(out_dir, name)
+    def export_current(self, folder:str|Path, what:tuple=("packed", "onnx")) -> dict: return self.controller.export_current(folder, what)
+
 # %% ../nbs/14_explorer.ipynb #7b37d727
 _LOG_MAX = 300
 
-@dataclass(frozen=True)
-class LogLine(Event):
-    "A run-log line only (e.g. the end of a superseded run)."
-    text:str
-
 def _with_row(s:Snapshot, row:dict) -> Snapshot: return replace(s, log=(s.log + (row,))[-_LOG_MAX:])
 
-@patch
-def apply(self:ExplorerState, ev):
-    "Fold one event into `status`, `progress`, `message` and `snapshot` (their only writer)."
-    h = getattr(self, f"_on_{type(ev).__name__}", None)
-    if h is None: return
-    with param.edit_constant(self): h(ev)
+def _row(st:ExplorerState, ev, **kw) -> dict: return log_row(ev, time.perf_counter() - st._t0, st._ref_acc) | kw
 
-@patch
-def _row(self:ExplorerState, ev, **kw) -> dict:
-    return log_row(ev, time.perf_counter() - self._t0, self._ref_acc) | kw
+def _log(st:ExplorerState, event:str, text:str):
+    if st.snapshot is not None: st.snapshot = _with_row(st.snapshot, _row(st, dict(event=event, message=text)))
 
-@patch
-def _log(self:ExplorerState, event:str, text:str):
-    if self.snapshot is not None: self.snapshot = _with_row(self.snapshot, self._row(dict(event=event, message=text)))
-
-@patch
-def _on_WorkbenchLoaded(self:ExplorerState, ev):
-    wb = self.workbench = ev.workbench
-    try: pv, budget = preview(wb, self.lam, tuple(self.bits), self._k), self.budget()
-    except SQError: pv, budget = preview(wb, self.lam, (2, 4, 6, 8), self._k), Budget()
-    self._ref_acc = None
-    self.snapshot = Snapshot(layers=wb.names, params=wb.params, sigma=np.asarray(wb.sigma), sigma_n=np.asarray(wb.sigma_n),
-                             clusters=np.array(pv.clusters), centroids=np.array(pv.centroids), lam=pv.lam, cand_bits=pv.cand_bits,
-                             kl=wb.kl(pv.cand_bits), bits=pv.bits, hw=wb.costs(pv.bits, self.mac), budget=budget, mac=self.mac,
-                             source="σ preview", title=wb.title, peers=self._known_peers(wb))
-    self._log("Loaded", repr(wb))
-    self.status, self.progress, self.message = "idle", 0.0, f"{wb.title}: {len(wb.names)} layers, {int(wb.params.sum()):,} weights"
-
-@patch
-def _on_PreviewReady(self:ExplorerState, ev):
-    s, wb = self.snapshot, self.workbench
-    if s is None or wb is None: return
-    self.snapshot = replace(s, clusters=np.array(ev.clusters), centroids=np.array(ev.centroids), lam=ev.lam, cand_bits=ev.cand_bits,
-                            kl=wb.kl(ev.cand_bits), bits=ev.bits, hw=wb.costs(ev.bits, s.mac), sigma=np.asarray(wb.sigma),
-                            sigma_n=np.asarray(wb.sigma_n), source="σ preview")
-
-@patch
-def _on_BudgetSet(self:ExplorerState, ev):
-    if self.snapshot is not None: self.snapshot = replace(self.snapshot, budget=ev.budget)
-
-@patch
-def _on_MacSet(self:ExplorerState, ev):
-    s = self.snapshot
-    if s is not None and self.workbench is not None: self.snapshot = replace(s, mac=ev.mac, hw=self.workbench.costs(s.bits, ev.mac))
-
-@patch
-def _on_Notice(self:ExplorerState, ev):
-    self.status, self.message = ev.status, ev.message
-    if ev.status in ("cancelled", "idle", "error", "loading"): self.progress = 0.0
-    if ev.status == "error": self._log("Error", ev.message)
-
-@patch
-def _on_WorkerFailed(self:ExplorerState, ev):
-    self.status, self.message, self.progress = "error", ev.message, 0.0
-    self._log("WorkerFailed", ev.message)
-
-@patch
-def _on_LogLine(self:ExplorerState, ev): self._log("Superseded", ev.text)
-
-@patch
-def _on_RunStarted(self:ExplorerState, ev):
-    self._ref_acc = ev.reference["acc_val"]
-    s = self.snapshot
-    s = replace(s, ref=dict(ev.reference), history=s.history if self._resume else ())
-    self.snapshot = _with_row(s, self._row(ev, decision=f"{ev.method}: INT8 reference {self._ref_acc:.2%} (val)"))
-    self.status, self.progress, self.message = "running", 0.0, f"{ev.method} running · INT8 reference {self._ref_acc:.2%} (val)"
-
-@patch
-def _on_PhaseStarted(self:ExplorerState, ev):
-    self.message = ev.phase.replace("_", " ") + " …"
-    self.snapshot = _with_row(self.snapshot, self._row(ev))
-
-@patch
-def _on_Progress(self:ExplorerState, ev):
-    done = ((ev.epoch - 1) * ev.batches + ev.batch) / max(ev.epochs * ev.batches, 1)
-    self.progress = float(min(max(done, 0.0), 1.0))
-    self.message = f"{ev.what}: epoch {ev.epoch}/{ev.epochs}, batch {ev.batch}/{ev.batches}, loss {ev.loss:.3f}"
-
-@patch
-def _step_bits(self:ExplorerState, bits:dict) -> tuple:
-    s = self.snapshot
+def _step_bits(st:ExplorerState, bits:dict) -> tuple:
+    s = st.snapshot
     return tuple(int(bits.get(n, b)) for n, b in zip(s.layers, s.bits))
 
-@patch
-def _on_StepFinished(self:ExplorerState, ev):
-    s, wb = self.snapshot, self.workbench
-    bits = self._step_bits(ev.bits)
+def _on_workbench_loaded(st:ExplorerState, ev:WorkbenchLoaded):
+    wb = st.workbench = ev.workbench
+    try: pv, budget = preview(wb, st.lam, tuple(st.bits), st._k), st.budget()
+    except SQError: pv, budget = preview(wb, st.lam, (2, 4, 6, 8), st._k), Budget()
+    st._ref_acc = None
+    st.snapshot = Snapshot(layers=wb.names, params=wb.params, sigma=np.asarray(wb.sigma), sigma_n=np.asarray(wb.sigma_n),
+                           clusters=np.array(pv.clusters), centroids=np.array(pv.centroids), lam=pv.lam, cand_bits=pv.cand_bits,
+                           kl=wb.kl(pv.cand_bits), bits=pv.bits, hw=wb.costs(pv.bits, st.mac), budget=budget, mac=st.mac,
+                           source="σ preview", title=wb.title, peers=known_peers(wb, st.runs_dir, st.epochs))
+    _log(st, "Loaded", repr(wb))
+    st.status, st.progress, st.message = "idle", 0.0, f"{wb.title}: {len(wb.names)} layers, {int(wb.params.sum()):,} weights"
+
+def _on_preview_ready(st:ExplorerState, ev:PreviewReady):
+    s, wb = st.snapshot, st.workbench
+    if s is None or wb is None: return
+    st.snapshot = replace(s, clusters=np.array(ev.clusters), centroids=np.array(ev.centroids), lam=ev.lam, cand_bits=ev.cand_bits,
+                          kl=wb.kl(ev.cand_bits), bits=ev.bits, hw=wb.costs(ev.bits, s.mac), sigma=np.asarray(wb.sigma),
+                          sigma_n=np.asarray(wb.sigma_n), source="σ preview")
+
+def _on_budget_set(st:ExplorerState, ev:BudgetSet):
+    if st.snapshot is not None: st.snapshot = replace(st.snapshot, budget=ev.budget)
+
+def _on_mac_set(st:ExplorerState, ev:MacSet):
+    s = st.snapshot
+    if s is not None and st.workbench is not None: st.snapshot = replace(s, mac=ev.mac, hw=st.workbench.costs(s.bits, ev.mac))
+
+def _on_notice(st:ExplorerState, ev:Notice):
+    st.status, st.message = ev.status, ev.message
+    if ev.status in ("cancelled", "idle", "error", "loading"): st.progress = 0.0
+    if ev.status == "error": _log(st, "Error", ev.message)
+
+def _on_refine_started(st:ExplorerState, ev:RefineStarted):
+    st._resume = ev.resume
+    st.status, st.message = "running", "starting: INT8 reference …"
+
+def _on_worker_failed(st:ExplorerState, ev:WorkerFailed):
+    st.status, st.message, st.progress = "error", ev.message, 0.0
+    _log(st, "WorkerFailed", ev.message)
+
+def _on_log_line(st:ExplorerState, ev:LogLine): _log(st, "Superseded", ev.text)
+
+def _on_kept(st:ExplorerState, ev:Kept): _log(st, "Saved", f"{ev.what}: {ev.path}")
+
+def _peer_key(p:dict) -> tuple: return (p.get("method"), p.get("label"), p.get("run"))
+
+def _on_peer_found(st:ExplorerState, ev:PeerFound):
+    s = st.snapshot
+    if s is None: return
+    k = _peer_key(ev.peer)
+    st.snapshot = replace(s, peers=tuple(p for p in s.peers if _peer_key(p) != k) + (dict(ev.peer),))
+
+def _on_run_started(st:ExplorerState, ev:RunStarted):
+    st._ref_acc = ev.reference["acc_val"]
+    s = st.snapshot
+    s = replace(s, ref=dict(ev.reference), history=s.history if st._resume else ())
+    st.snapshot = _with_row(s, _row(st, ev, decision=f"{ev.method}: INT8 reference {st._ref_acc:.2%} (val)"))
+    st.status, st.progress, st.message = "running", 0.0, f"{ev.method} running · INT8 reference {st._ref_acc:.2%} (val)"
+
+def _on_phase_started(st:ExplorerState, ev:PhaseStarted):
+    st.message = ev.phase.replace("_", " ") + " …"
+    st.snapshot = _with_row(st.snapshot, _row(st, ev))
+
+def _on_progress(st:ExplorerState, ev:Progress):
+    done = ((ev.epoch - 1) * ev.batches + ev.batch) / max(ev.epochs * ev.batches, 1)
+    st.progress = float(min(max(done, 0.0), 1.0))
+    st.message = f"{ev.what}: epoch {ev.epoch}/{ev.epochs}, batch {ev.batch}/{ev.batches}, loss {ev.loss:.3f}"
+
+def _on_step_finished(st:ExplorerState, ev:StepFinished):
+    s, wb = st.snapshot, st.workbench
+    bits = _step_bits(st, ev.bits)
     kw = dict(bits=bits, hw=wb.costs(bits, s.mac), source=f"{ev.phase} {'round' if ev.phase == 'phase1' else 'step'} {ev.step}")
     x = ev.extra or {}
     if ev.phase == "phase1" and len(x.get("clusters", ())) == len(s.layers):
         kw.update(clusters=np.array(x["clusters"]), centroids=np.array(x.get("centroids", s.centroids)), lam=float(x.get("lam", s.lam)),
                   sigma=np.array(x.get("sigma", s.sigma)), sigma_n=np.array(x.get("sigma_n", s.sigma_n)))
-    pt = trajectory_point(ev, self._ref_acc if self._ref_acc is not None else ev.acc)
-    self.snapshot = _with_row(replace(s, history=s.history + (pt,), **kw), self._row(ev))
+    pt = trajectory_point(ev, st._ref_acc if st._ref_acc is not None else ev.acc)
+    st.snapshot = _with_row(replace(s, history=s.history + (pt,), **kw), _row(st, ev))
 
-@patch
-def _on_RunFinished(self:ExplorerState, ev):
-    s, wb = self.snapshot, self.workbench
+def _on_run_finished(st:ExplorerState, ev:RunFinished):
+    s, wb = st.snapshot, st.workbench
     kw = {}
     if ev.status != "CANCELLED":
-        bits = self._step_bits(ev.bits)
+        bits = _step_bits(st, ev.bits)
         kw = dict(bits=bits, hw=wb.costs(bits, s.mac), source=f"final ({ev.status})")
-    self.snapshot = _with_row(replace(s, **kw), self._row(ev))
-    self.status, self.progress = ("cancelled", 0.0) if ev.status == "CANCELLED" else ("done", 1.0)
-    if ev.acc != ev.acc: self.message = f"{ev.status} · {ev.reason or 'stopped'}"; return   # cancelled, not measured
-    d = (self._ref_acc - ev.acc) * 100 if self._ref_acc is not None else None
+    st.snapshot = _with_row(replace(s, **kw), _row(st, ev))
+    st.status, st.progress = ("cancelled", 0.0) if ev.status == "CANCELLED" else ("done", 1.0)
+    if ev.acc != ev.acc: st.message = f"{ev.status} · {ev.reason or 'stopped'}"; return   # cancelled, not measured
+    d = (st._ref_acc - ev.acc) * 100 if st._ref_acc is not None else None
     drop = "" if d is None else f" ({d:.2f} pt below INT8)" if d > 0.005 else f" ({-d:.2f} pt above INT8)" if d < -0.005 else " (as INT8)"
-    self.message = (f"{ev.status} · val {ev.acc:.2%}{drop} · size {ev.costs.get('size_frac', float('nan')):.1%} of INT8"
-                    + (f" · {ev.reason}" if ev.reason else ""))
+    st.message = (f"{ev.status} · val {ev.acc:.2%}{drop} · size {ev.costs.get('size_frac', float('nan')):.1%} of INT8"
+                  + (f" · {ev.reason}" if ev.reason else ""))
+
+HANDLERS = {   # event type -> its handler: the whole reducer at a glance (`ExplorerState.apply` refuses any other event)
+    WorkbenchLoaded: _on_workbench_loaded, PreviewReady: _on_preview_ready, BudgetSet: _on_budget_set, MacSet: _on_mac_set,
+    Notice: _on_notice, RefineStarted: _on_refine_started, LogLine: _on_log_line, Kept: _on_kept,
+    WorkerFailed: _on_worker_failed, PeerFound: _on_peer_found,                                      # the worker's
+    RunStarted: _on_run_started, PhaseStarted: _on_phase_started, Progress: _on_progress,           # the search's
+    StepFinished: _on_step_finished, RunFinished: _on_run_finished,
+}
 
 # %% ../nbs/14_explorer.ipynb #e13a0031
 def run_peers(runs_dir:str|Path, # Folder of run records
@@ -461,192 +368,223 @@ def run_peers(runs_dir:str|Path, # Folder of run records
                         drop_pt=float((ref - r["acc"]) * 100), run=r.get("name", "")))
     return out
 
-@patch
-def _known_peers(self:ExplorerState, wb:Workbench) -> tuple:
-    "Peers known when a workbench loads: finished runs in `runs_dir` and ladder points already measured with the current epochs."
-    try: runs = run_peers(self.runs_dir, wb)
+def known_peers(wb:Workbench, # The workbench just loaded
+                runs_dir:str|Path, # Folder of run records
+                epochs:int # QAT epochs per step of the refinements (ladder points of other epochs are left out)
+               ) -> tuple:
+    "Peers known when a workbench loads: finished runs in `runs_dir` and ladder points already measured with these epochs."
+    try: runs = run_peers(runs_dir, wb)
     except OSError: runs = []
-    ladder = [p for p in wb.ladder.values() if p["epochs"] == max(1, int(self.epochs))]
+    ladder = [p for p in wb.ladder.values() if p["epochs"] == max(1, int(epochs))]
     return tuple(ladder + runs)
 
-def _peer_key(p:dict) -> tuple: return (p.get("method"), p.get("label"), p.get("run"))
-
-@patch
-def _on_PeerFound(self:ExplorerState, ev):
-    s = self.snapshot
-    if s is None: return
-    k = _peer_key(ev.peer)
-    self.snapshot = replace(s, peers=tuple(p for p in s.peers if _peer_key(p) != k) + (dict(ev.peer),))
-
 # %% ../nbs/14_explorer.ipynb #12e55bab
-@patch
-def load(self:ExplorerState, wait:bool=False):
-    "Load the selected dataset and model: now (`wait`) or in a background thread whose result `poll()` applies."
-    self._stop_worker()
-    if self.given:                               # your own model and data: never silently replaced
-        if self.workbench is not None: self.apply(WorkbenchLoaded(self.workbench))
-        return
-    name = self.data_path.strip() if self.dataset == "path" else self.dataset
-    if not name:
-        self.apply(Notice("error", "no dataset path given -- fix: type the path of an ImageFolder folder or a .zip of one")); return
-    # progress bars (tqdm.auto: widgets in Jupyter) only for a load the caller waits for, i.e. in a notebook
-    kw = dict(dataset=name, model_name=self.model_name, fp_epochs=self.fp_epochs, train_limit=self.train_limit, settings=self.settings,
-              progress=wait, strict=self.strict)
-    def job():
-        try: return WorkbenchLoaded(load_workbench(**kw))
-        except SQError as e: return Notice("error", str(e))
-        except Exception as e:
-            logger.exception("loading %s failed", name); return Notice("error", f"loading {name} failed: {type(e).__name__}: {e}")
-    self._load_token += 1
-    if wait: self.apply(job()); return
-    tok, q = self._load_token, self._loaded
-    self.apply(Notice("loading", f"loading {name} and the float {self.model_name} (trained now if no cached copy exists) …"))
-    self._loader = threading.Thread(target=lambda: q.put((tok, job())), name="sigmaquant-load", daemon=True)
-    self._loader.start()
+class ExplorerController:
+    "The work of one `ExplorerState`: its input watchers, background loads, one refinement at a time, and `poll()` folding their events into `state.apply`."
+    def __init__(self, state:ExplorerState):
+        self.state, self.worker = state, None
+        self._pending, self._want_refine = None, False         # (cfg, resume) waiting for the old worker to end; a refinement an input asked for
+        self._loader, self._loaded, self._load_token = None, queue.SimpleQueue(), 0
+        self._idle, self._busy = threading.Event(), 0
+        self._idle.set()
+        w = state.param.watch
+        w(self._budget_changed, ["max_acc_drop", "size_frac", "energy_frac"])
+        w(self._preview_changed, ["lam", "bits"])
+        w(self._mac_changed, ["mac"])
+        w(lambda *_: self._follow(), ["epochs", "max_steps"])
+        w(self._data_changed, ["dataset", "model_name", "data_path"])
 
-@patch
-def search_config(self:ExplorerState) -> SigmaQuantConfig:
-    "The SigmaQuant config the inputs describe: short QAT cycles, λ as the first Phase-1 λ (raises `SQError` when infeasible)."
-    b = self.budget().check_reachable(self.bits)
-    return SigmaQuantConfig.from_settings(self.settings, bits=tuple(self.bits), budget=b, mac=self.mac, hardware=self.workbench.cost_model.hw,
-                                          lambda0=float(self.lam), e1=self.epochs, e2=self.epochs, int8_epochs=1, max_steps=self.max_steps,
-                                          strict=self.workbench.strict)
+    @property
+    def running(self) -> bool: return self.worker is not None and self.worker.alive
 
-@patch
-def refine(self:ExplorerState, resume:bool=False):
-    "(Re)start a refinement with the current inputs; a running one is cancelled and joined first (`resume`: keep the trajectory)."
-    if self.workbench is None: self.apply(Notice("error", "nothing is loaded yet -- fix: pick a dataset and wait for it to load")); return
-    try: cfg = self.search_config()
-    except SQError as e: self._stop_worker(); self.apply(Notice("error", str(e))); return
-    self._pending = (cfg, resume)
-    w = self.worker
-    if w is not None and w.alive:
-        self._take(w, w.drain())             # what the old run measured so far still counts
-        w.superseded = True; w.cancel()
-        if not w.join(self.join_s):          # not stopped yet: poll() starts the new run once it has
-            self.apply(Notice("cancelling", "stopping the previous refinement …")); return
-    self._start_pending()
+    @contextmanager
+    def priority(self):
+        "Pause the worker at its next layer or batch while the block runs (the UI thread gets the GIL)."
+        self._busy += 1; self._idle.clear()
+        try: yield
+        finally:
+            self._busy -= 1
+            if self._busy == 0: self._idle.set()
 
-@patch
-def _start_pending(self:ExplorerState):
-    cfg, resume = self._pending; self._pending = None
-    if self.worker is not None: self._take(self.worker, self.worker.drain())
-    self._resume = resume
-    self.worker = SearchWorker(self.workbench.model, self.workbench.data, cfg, threads=self.threads, idle=self._idle,
-                               references=self.workbench.references, ladder=tuple(tuple(p) for p in self.ladder),
-                               ladder_cache=self.workbench.ladder).start()
-    self.apply(Notice("running", "starting: INT8 reference …"))
+    # --- loading -------------------------------------------------------------------------------
+    def load(self, wait:bool=False):
+        "Load the selected dataset and model: now (`wait`) or in a background thread whose result `poll()` applies."
+        st = self.state
+        self._stop_worker()
+        if st.given:                                 # your own model and data: never silently replaced
+            if st.workbench is not None: st.apply(WorkbenchLoaded(st.workbench))
+            return
+        name = st.data_path.strip() if st.dataset == "path" else st.dataset
+        if not name:
+            st.apply(Notice("error", "no dataset path given -- fix: type the path of an ImageFolder folder or a .zip of one")); return
+        # progress bars (tqdm.auto: widgets in Jupyter) only for a load the caller waits for, i.e. in a notebook
+        kw = dict(dataset=name, model_name=st.model_name, fp_epochs=st.fp_epochs, train_limit=st.train_limit, settings=st.settings,
+                  progress=wait, strict=st.strict)
+        def job():
+            try: return WorkbenchLoaded(load_workbench(**kw))
+            except SQError as e: return Notice("error", str(e))
+            except Exception as e:
+                logger.exception("loading %s failed", name); return Notice("error", f"loading {name} failed: {type(e).__name__}: {e}")
+        self._load_token += 1
+        if wait: st.apply(job()); return
+        tok, q = self._load_token, self._loaded
+        st.apply(Notice("loading", f"loading {name} and the float {st.model_name} (trained now if no cached copy exists) …"))
+        self._loader = threading.Thread(target=lambda: q.put((tok, job())), name="sigmaquant-load", daemon=True)
+        self._loader.start()
 
-@patch
-def _take(self:ExplorerState, w:SearchWorker, evs:list) -> int:
-    "Apply a worker's events: consecutive Progress events collapse to the last; a superseded run only logs its end."
-    if w.superseded:
-        for e in evs:
-            if isinstance(e, RunFinished): self.apply(LogLine(f"refinement superseded by a newer one"))
-            elif isinstance(e, WorkerFailed): self.apply(LogLine(f"superseded refinement failed: {e.message}"))
+    # --- refining, cancelling, polling ---------------------------------------------------------
+    def refine(self, resume:bool=False):
+        "(Re)start a refinement with the current inputs; a running one is cancelled and joined first (`resume`: keep the trajectory)."
+        st = self.state
+        if st.workbench is None: st.apply(Notice("error", "nothing is loaded yet -- fix: pick a dataset and wait for it to load")); return
+        try: cfg = st.search_config()
+        except SQError as e: self._stop_worker(); st.apply(Notice("error", str(e))); return
+        self._pending = (cfg, resume)
+        w = self.worker
+        if w is not None and w.alive:
+            self._take(w, w.drain())             # what the old run measured so far still counts
+            w.superseded = True; w.cancel()
+            if not w.join(st.join_s):            # not stopped yet: poll() starts the new run once it has
+                st.apply(Notice("cancelling", "stopping the previous refinement …")); return
+        self._start_pending()
+
+    def _start_pending(self):
+        (cfg, resume), self._pending = self._pending, None
+        st, wb = self.state, self.state.workbench
+        if self.worker is not None: self._take(self.worker, self.worker.drain())
+        self.worker = SearchWorker(wb.model, wb.data, cfg, threads=st.threads, idle=self._idle, references=wb.references,
+                                   ladder=tuple(tuple(p) for p in st.ladder), ladder_cache=wb.ladder).start()
+        st.apply(RefineStarted(resume))
+
+    def _take(self, w:SearchWorker, evs:list) -> int:
+        "Apply a worker's events: consecutive Progress events collapse to the last; a superseded run only logs its end."
+        st = self.state
+        if w.superseded:
+            for e in evs:
+                if isinstance(e, RunFinished): st.apply(LogLine("refinement superseded by a newer one"))
+                elif isinstance(e, WorkerFailed): st.apply(LogLine(f"superseded refinement failed: {e.message}"))
+            return len(evs)
+        for i, e in enumerate(evs):
+            if isinstance(e, Progress) and i + 1 < len(evs) and isinstance(evs[i + 1], Progress): continue
+            st.apply(e)
         return len(evs)
-    for i, e in enumerate(evs):
-        if isinstance(e, Progress) and i + 1 < len(evs) and isinstance(evs[i + 1], Progress): continue
-        self.apply(e)
-    return len(evs)
 
-@patch
-def _stop_worker(self:ExplorerState):
-    self._pending, self._want_refine = None, False
-    if self.worker is not None and self.worker.alive: self.worker.superseded = True; self.worker.cancel()
+    def _stop_worker(self):
+        self._pending, self._want_refine = None, False
+        if self.worker is not None and self.worker.alive: self.worker.superseded = True; self.worker.cancel()
 
-@patch
-def cancel(self:ExplorerState):
-    "Stop the running refinement (and drop a pending one); its end arrives through `poll()`."
-    self._pending, self._want_refine = None, False
-    w = self.worker
-    if w is not None and w.alive:
-        w.cancel(); self.apply(Notice("cancelling", "cancelling …"))
-    elif self.status == "cancelling": self.apply(Notice("cancelled", "refinement cancelled"))
+    def cancel(self):
+        "Stop the running refinement (and drop a pending one); its end arrives through `poll()`."
+        self._pending, self._want_refine = None, False
+        w = self.worker
+        if w is not None and w.alive:
+            w.cancel(); self.state.apply(Notice("cancelling", "cancelling …"))
+        elif self.state.status == "cancelling": self.state.apply(Notice("cancelled", "refinement cancelled"))
 
-@patch
-def close(self:ExplorerState):
-    "Cancel everything (a browser session ended)."
-    self._stop_worker(); self._load_token += 1
+    def close(self):
+        "Cancel everything (a browser session ended)."
+        self._stop_worker(); self._load_token += 1
 
-@patch
-def poll(self:ExplorerState, max_events:int=1000) -> int:
-    "Apply queued events; start a pending refinement once the old worker has ended. Returns how many events were taken."
-    n = 0
-    while True:
-        try: tok, ev = self._loaded.get_nowait()
-        except queue.Empty: break
-        if tok == self._load_token: self.apply(ev); n += 1
-    if self._want_refine: self._want_refine = False; self.refine()
-    w = self.worker
-    if w is not None:
-        n += self._take(w, w.drain(max_events))
-        if not w.alive and w.queue.empty():
-            if self._pending is not None: self._start_pending()
-            elif self.status == "cancelling":      # a superseded run was cancelled for good: its end was only logged
-                self.apply(Notice("cancelled", "refinement cancelled"))
-    return n
+    def poll(self, max_events:int=1000) -> int:
+        "Apply queued events; start a pending refinement once the old worker has ended. Returns how many events were taken."
+        st, n = self.state, 0
+        while True:
+            try: tok, ev = self._loaded.get_nowait()
+            except queue.Empty: break
+            if tok == self._load_token: st.apply(ev); n += 1
+        if self._want_refine: self._want_refine = False; self.refine()
+        w = self.worker
+        if w is not None:
+            n += self._take(w, w.drain(max_events))
+            if not w.alive and w.queue.empty():
+                if self._pending is not None: self._start_pending()
+                elif st.status == "cancelling":        # a superseded run was cancelled for good: its end was only logged
+                    st.apply(Notice("cancelled", "refinement cancelled"))
+        return n
 
-@patch
-def busy(self:ExplorerState) -> bool:
-    "A refinement runs or waits, a load is under way, or events wait to be applied."
-    return (self.running or self._pending is not None or self._want_refine or (self._loader is not None and self._loader.is_alive())
-            or not self._loaded.empty() or (self.worker is not None and not self.worker.queue.empty()))
+    def busy(self) -> bool:
+        "A refinement runs or waits, a load is under way, or events wait to be applied."
+        return (self.running or self._pending is not None or self._want_refine or (self._loader is not None and self._loader.is_alive())
+                or not self._loaded.empty() or (self.worker is not None and not self.worker.queue.empty()))
 
-@patch
-def wait(self:ExplorerState, timeout:float=60.0, interval:float=0.05) -> bool:
-    "Poll until nothing runs, waits or loads (headless use); True when idle in time."
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        self.poll()
-        if not self.busy(): self.poll(); return True
-        time.sleep(interval)
-    return False
+    def wait(self, timeout:float=60.0, interval:float=0.05) -> bool:
+        "Poll until nothing runs, waits or loads (headless use); True when idle in time."
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.poll()
+            if not self.busy(): self.poll(); return True
+            time.sleep(interval)
+        return False
 
-# %% ../nbs/14_explorer.ipynb #517b0a09
-@patch
-def _follow(self:ExplorerState):
-    "Ask for a refinement with the new inputs; `poll()` starts it, so the views' update leaves the server first."
-    if self.workbench is not None and (self.auto_refine or self.running or self._pending is not None): self._want_refine = True
+    # --- reacting to inputs --------------------------------------------------------------------
+    def _follow(self):
+        "Ask for a refinement with the new inputs; `poll()` starts it, so the views' update leaves the server first."
+        st = self.state
+        if st.workbench is not None and (st.auto_refine or self.running or self._pending is not None): self._want_refine = True
 
-@patch
-def _problem(self:ExplorerState) -> str|None:
-    "Why the inputs cannot be searched (an `SQError` message), or None."
-    try: self.budget().check_reachable(self.bits)
-    except SQError as e: return str(e)
+    def _after_input(self):
+        "Report invalid inputs; otherwise clear an old input error and follow with a refinement."
+        st = self.state
+        try: st.budget().check_reachable(st.bits)
+        except SQError as e: self._stop_worker(); st.apply(Notice("error", str(e))); return
+        if st.status == "error" and not self.running: st.apply(Notice("idle", "inputs are valid again"))
+        self._follow()
 
-@patch
-def _after_input(self:ExplorerState):
-    "Report invalid inputs; otherwise clear an old input error and follow with a refinement."
-    err = self._problem()
-    if err is not None: self._stop_worker(); self.apply(Notice("error", err)); return
-    if self.status == "error" and not self.running: self.apply(Notice("idle", "inputs are valid again"))
-    self._follow()
+    def _budget_changed(self, *_):
+        try: b = self.state.budget()
+        except SQError as e: self.state.apply(Notice("error", str(e))); return
+        self.state.apply(BudgetSet(b)); self._after_input()
 
-@patch
-def _budget_changed(self:ExplorerState, *_):
-    try: b = self.budget()
-    except SQError as e: self.apply(Notice("error", str(e))); return
-    self.apply(BudgetSet(b)); self._after_input()
+    def _preview_changed(self, *_):
+        st = self.state
+        if st.workbench is None: return
+        try: ev = preview(st.workbench, st.lam, tuple(st.bits), st._k)
+        except SQError as e: self._stop_worker(); st.apply(Notice("error", str(e))); return
+        st.apply(ev); self._after_input()
 
-@patch
-def _preview_changed(self:ExplorerState, *_):
-    if self.workbench is None: return
-    try: ev = preview(self.workbench, self.lam, tuple(self.bits), self._k)
-    except SQError as e: self._stop_worker(); self.apply(Notice("error", str(e))); return
-    self.apply(ev); self._after_input()
+    def _mac_changed(self, *_):
+        self.state.apply(MacSet(self.state.mac)); self._after_input()
 
-@patch
-def _mac_changed(self:ExplorerState, *_):
-    self.apply(MacSet(self.mac)); self._after_input()
+    def _data_changed(self, *events):
+        st = self.state
+        if st.given: return                          # a given workbench: the pickers are not shown and changes are ignored
+        if any(e.name == "dataset" for e in events) and st.dataset != "path":
+            with param.discard_events(st): st.model_name = "digits_cnn" if st.dataset == "digits" else "resnet20"
+        if st.dataset == "path" and not st.data_path.strip(): self._stop_worker(); return
+        self.load()
 
-@patch
-def _data_changed(self:ExplorerState, *events):
-    if self.given: return                        # a given workbench: the pickers are not shown and changes are ignored
-    if any(e.name == "dataset" for e in events) and self.dataset != "path":
-        with param.discard_events(self): self.model_name = "digits_cnn" if self.dataset == "digits" else "resnet20"
-    if self.dataset == "path" and not self.data_path.strip(): self._stop_worker(); return
-    self.load()
+    # --- keeping the measured map ----------------------------------------------------------------
+    def last_result(self):
+        "The finished refinement (a `SearchResult` with its quantized `model`) whose map the views show, or None."
+        w, s = self.worker, self.state.snapshot
+        if w is None or w.superseded or s is None: return None          # (the worker may still be measuring the uniform ladder)
+        r = w.result
+        if r is None or r.status == "CANCELLED" or getattr(r, "model", None) is None: return None
+        return r if tuple(int(r.bits.get(n, b)) for n, b in zip(s.layers, s.bits)) == tuple(s.bits) else None
+
+    def _measured(self):
+        r = self.last_result()
+        if r is None: raise SQError("the current bit map has not been measured (a σ preview or a refinement still running)",
+                                    "press Start and wait for the refinement to finish, then save or download")
+        return r
+
+    def save_run(self, out_dir:str|Path|None=None, # Folder of run records (default: the state's `runs_dir`, like the CLI's --out: runs)
+                 name:str|None=None # Run name (default: explorer-<timestamp>-<pid>, short enough for the `runs` table)
+                ) -> Path:
+        "Write the current (measured) map as a finished run record (`write_run`); returns its folder."
+        st = self.state
+        r, wb = self._measured(), st.workbench
+        path = write_run(r, wb, st.runs_dir if out_dir is None else out_dir, name)
+        st.apply(Kept("run record", str(path)))
+        for pt in run_peers(path.parent, wb):
+            if pt["run"] == path.name: st.apply(PeerFound(pt))
+        return path
+
+    def export_current(self, folder:str|Path, # Where to write the files
+                       what:tuple=("packed", "onnx") # Which files
+                      ) -> dict:
+        "Packed safetensors and/or ONNX of the current (measured) map: {kind: Path}."
+        return export_files(self._measured(), self.state.workbench, folder, what)
 
 # %% ../nbs/14_explorer.ipynb #e13a0011
 @patch(cls_method=True)
@@ -672,39 +610,14 @@ def for_model(cls:ExplorerState, model, # Your trained float model (any nn.Modul
     return st
 
 # %% ../nbs/14_explorer.ipynb #e13a0021
-@dataclass(frozen=True)
-class Kept(Event):
-    "A decision written to disk (a run record, an exported file)."
-    what:str; path:str
-
-@patch
-def _on_Kept(self:ExplorerState, ev): self._log("Saved", f"{ev.what}: {ev.path}")
-
-@patch
-def last_result(self:ExplorerState):
-    "The finished refinement (a `SearchResult` with its quantized `model`) whose map the views show, or None."
-    w, s = self.worker, self.snapshot
-    if w is None or w.superseded or s is None: return None          # (the worker may still be measuring the uniform ladder)
-    r = w.result
-    if r is None or r.status == "CANCELLED" or getattr(r, "model", None) is None: return None
-    return r if tuple(int(r.bits.get(n, b)) for n, b in zip(s.layers, s.bits)) == tuple(s.bits) else None
-
-@patch
-def _kept(self:ExplorerState):
-    r = self.last_result()
-    if r is None: raise SQError("the current bit map has not been measured (a σ preview or a refinement still running)",
-                                "press Start and wait for the refinement to finish, then save or download")
-    return r
-
-@patch
-def save_run(self:ExplorerState, out_dir:str|Path|None=None, # Folder of run records (default: `runs_dir`, like the CLI's --out: runs)
-             name:str|None=None # Run name (default: explorer-<timestamp>-<pid>, short enough for the `runs` table)
-            ) -> Path:
-    "Write the current (measured) map as a finished run record; returns its folder."
+def write_run(r, # A finished `SearchResult` with its `model`
+              wb:Workbench, # The workbench it was measured on
+              out_dir:str|Path, # Folder of run records
+              name:str|None=None # Run name (default: explorer-<timestamp>-<pid>)
+             ) -> Path:
+    "Write a refinement's result as a finished run record, in the files and fields `search` writes for a run; returns its folder."
     from sigmaquant_lab.runs import RunDir
     from dataclasses import asdict
-    r, wb = self._kept(), self.workbench
-    out_dir = self.runs_dir if out_dir is None else out_dir
     run = RunDir.create(out_dir, name, prefix="explorer")
     try:
         conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
@@ -720,18 +633,15 @@ def save_run(self:ExplorerState, out_dir:str|Path|None=None, # Folder of run rec
         run.finish()
     except BaseException:
         run.abort(); raise
-    self.apply(Kept("run record", str(run.path)))
-    for pt in run_peers(run.path.parent, wb):
-        if pt["run"] == run.name: self.apply(PeerFound(pt))
     return run.path
 
-@patch
-def export_current(self:ExplorerState, folder:str|Path, # Where to write the files
-                   what:tuple=("packed", "onnx") # Which files
-                  ) -> dict:
-    "Packed safetensors and/or ONNX of the current (measured) map: {kind: Path}."
+def export_files(r, # A finished `SearchResult` with its `model`
+                 wb:Workbench, # The workbench it was measured on
+                 folder:str|Path, # Where to write the files
+                 what:tuple=("packed", "onnx") # Which files
+                ) -> dict:
+    "Packed safetensors and/or ONNX of a refinement's model: {kind: Path}."
     from sigmaquant_lab.export import export_packed, export_onnx
-    r, wb = self._kept(), self.workbench
     folder = Path(folder).expanduser(); folder.mkdir(parents=True, exist_ok=True)
     stem = f"{wb.model_name}-{r.method}-{r.costs['size_frac']:.0%}".replace("%", "pct")
     out = {}
@@ -751,12 +661,3 @@ def serve_command(notebook:str|Path="nbs/explorer.ipynb", # The app notebook
     s = settings or load_settings()
     host = host or s.str("explorer", "host"); port = int(port if port is not None else s.int("explorer", "port"))
     return ["panel", "serve", str(notebook), "--address", host, "--port", str(port), "--allow-websocket-origin", f"{host}:{port}"]
-
-_APP_NAMES = ("ExplorerApp", "LAYOUT", "STRUCTURE_FIELDS", "serve", "explore")
-
-def __getattr__(name:str):
-    "The app's names, loaded (with Panel) on first access, so `from sigmaquant_lab.explorer import ExplorerApp` keeps working."
-    if name in _APP_NAMES:
-        from sigmaquant_lab import explorer_app
-        return getattr(explorer_app, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/explorer_app.html.md"""
 
 # %% ../nbs/14a_explorer_app.ipynb #a13a0002
 from __future__ import annotations
-import html, logging, time
+import html, json, logging, time
 from pathlib import Path
 
 import numpy as np
@@ -14,17 +14,20 @@ import param
 import panel as pn
 import holoviews as hv
 import holoviews.plotting.bokeh
-from bokeh.models import ColumnDataSource, DataTable, TableColumn
+from bokeh.models import ColumnDataSource, CustomJS, DataTable, TableColumn
 from bokeh.core.property.vectorization import field
 
 from .core import SQError, load_settings
 from .plots import Snapshot, VIEWS, VIEW_DATA, LOG_COLUMNS, changed_views
-from .explorer import ExplorerState, Workbench, WorkbenchLoaded, Notice, logger
+from .explorer import ExplorerState, Notice
 
 # %% auto #0
-__all__ = ['STRUCTURE_FIELDS', 'LAYOUT', 'ExplorerApp', 'serve', 'inline_resources', 'explore']
+__all__ = ['logger', 'STRUCTURE_FIELDS', 'LAYOUT', 'LOST_MESSAGE', 'CONNECTION_LOST_JS', 'ExplorerApp', 'serve',
+           'inline_resources', 'explore']
 
 # %% ../nbs/14a_explorer_app.ipynb #beeffa23
+logger = logging.getLogger(__name__)
+
 STRUCTURE_FIELDS = dict(kl=("layers", "cand_bits", "kl"))   # a change of these rebuilds the view (default: layers)
 
 class _View:
@@ -66,6 +69,27 @@ class _View:
 
 LAYOUT = (("zone", "bits"), ("sigma", "kl"), ("energy", "latency"), ("costs", "log"))
 
+LOST_MESSAGE = "connection to the server lost — restart `panel serve` (or the kernel), then reload this page"
+
+# runs in the browser when the websocket closes: a banner, the status line says so, every widget disabled
+CONNECTION_LOST_JS = """
+const msg = %s
+if (!document.getElementById('sq-connection-lost')) {
+  const div = document.createElement('div')
+  div.id = 'sq-connection-lost'; div.setAttribute('role', 'alert'); div.textContent = msg
+  div.style.cssText = 'position:fixed;top:0;left:0;right:0;z-index:10000;padding:10px 16px;background:#b71c1c;' +
+                      'color:#fff;font:600 15px/1.4 sans-serif;text-align:center;box-shadow:0 2px 6px rgba(0,0,0,.3)'
+  document.body.appendChild(div)
+  document.body.style.paddingTop = div.offsetHeight + 'px'      // the page's top stays readable
+}
+const esc = (s) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;')   // Panel's HTML pane takes escaped text
+for (const doc of Bokeh.documents)
+  for (const m of doc.all_models) {
+    if ((m.css_classes || []).includes('sq-status')) m.text = esc('<p><b>disconnected</b> · ' + esc(msg) + '</p>')
+    else if (m.disabled === false) m.disabled = true
+  }
+""" % json.dumps(LOST_MESSAGE)
+
 class ExplorerApp(pn.viewable.Viewer):
     "The explorer in Panel: widgets from `ExplorerState`, views updated in place, a periodic callback draining the worker."
     state = param.ClassSelector(class_=ExplorerState, doc="The state this app shows (a new one by default)")
@@ -98,8 +122,9 @@ class ExplorerApp(pn.viewable.Viewer):
         st.param.watch(self._on_status, ["status", "progress", "message"])
         if st.snapshot is None and st.workbench is None and not st.busy(): st.load(wait=wait)
         self.render(); self._on_status()
-        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:
+        if pn.state.curdoc is not None and pn.state.curdoc.session_context is not None:   # a served session
             pn.state.on_session_destroyed(self._destroyed)
+            pn.state.curdoc.js_on_event("connection_lost", CustomJS(code=CONNECTION_LOST_JS))
         pn.state.onload(self.start)
 
     def _sidebar(self):
@@ -252,8 +277,6 @@ class ExplorerApp(pn.viewable.Viewer):
     def __panel__(self): return self._layout
 
 # %% ../nbs/14a_explorer_app.ipynb #a13a0010
-from .explorer import serve_command
-
 def serve(host:str|None=None, port:int|None=None, show:bool=False, settings=None, **kw):
     "Serve the explorer from Python (blocking); every session gets its own `ExplorerApp`."
     s = settings or load_settings()

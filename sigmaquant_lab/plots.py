@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/plots.html.md"""
 
 # %% ../nbs/13_plots.ipynb #3b068e40
 from __future__ import annotations
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import pandas as pd
@@ -108,7 +108,7 @@ def _from_result(cls, res, # A `SearchResult` (from `search`)
           else np.full((len(names), len(cand)), np.nan))
     bits = tuple(int(res.bits[n]) for n in names)
     b = cfg.get("budget") or {}
-    budget = Budget(**{k: b[k] for k in ("max_acc_drop", "size_frac", "energy_frac", "latency_frac") if k in b})
+    budget = Budget(**{f.name: b[f.name] for f in fields(Budget) if f.name in b})   # every budget the search had (BOPs too)
     ref_acc = res.reference["acc_val"]
     return cls(layers=names, params=np.array([r["params"] for r in rows]), sigma=np.array(ex.get("sigma", [r["sigma"] for r in rows]), dtype=float),
                sigma_n=sig_n, clusters=cl, centroids=cents, lam=float(ex.get("lam", 0.0)), cand_bits=cand, kl=kl, bits=bits,

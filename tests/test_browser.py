@@ -122,3 +122,29 @@ def _run_browser(h, sync_playwright, exe, tmp_path, settings, t_start):
     assert not blocked, f"the page asked for resources off this machine: {blocked}"
     assert "Traceback" not in srv.log(), srv.log()[-3000:]
     print(f"browser test: {time.perf_counter() - t_start:.0f} s, cancel visible after {cancel_s:.2f} s")
+
+
+@pytest.mark.timeout(240)
+def test_lost_server_is_shown_in_the_page(browser_env, tmp_path):
+    "Kill `panel serve` under an open page: the page says the connection is lost (a banner and the status line) and disables its widgets."
+    h, sync_playwright, exe = browser_env
+    with h.ExplorerServer(env={"OMP_NUM_THREADS": "1"}, log_path=tmp_path/"serve.log") as srv, sync_playwright() as pw:
+        try:
+            browser = h.launch(pw, exe)
+        except Exception as e:
+            pytest.skip(f"headless Chromium does not start here: {e}")
+        a = h.App(browser, srv.url).wait_views()
+        banner = a.page.locator("#sq-connection-lost")
+        assert banner.count() == 0 and not a.page.locator(".sq-start button").first.is_disabled()
+        a.click("start"); a.wait_status("running", "done", timeout_s=60)
+        srv.proc.kill(); srv.proc.wait(10)                        # the server dies under the page
+        banner.wait_for(state="visible", timeout=30_000)
+        assert "connection to the server lost" in banner.inner_text() and "panel serve" in banner.inner_text()
+        s = a.wait_status("disconnected", timeout_s=10)
+        assert "connection to the server lost" in s and "running" not in s, s
+        for name in ("start", "cancel", "resume"):
+            assert a.page.locator(f".sq-{name} button").first.is_disabled(), name
+        sizes = a.page.evaluate("""() => [...Bokeh.documents[0].all_models].filter(m => (m.css_classes || []).includes('sq-size'))
+                                         .map(m => m.disabled)""")
+        assert sizes and all(sizes), sizes                           # the sliders too
+        browser.close()

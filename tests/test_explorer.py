@@ -61,7 +61,7 @@ def test_slider_spam_never_two_workers(workbench):
 def test_cancel_stops_worker_inside_its_qat_cycle(workbench):
     "Cancel lands at the next batch: the worker stops inside the 8-epoch cycle it was in and skips the final evaluation."
     from sigmaquant_lab.search import Progress, RunFinished
-    from sigmaquant_lab.explorer import SearchWorker
+    from sigmaquant_lab.explorer_worker import SearchWorker
     st = _state(workbench, auto_refine=False, epochs=8)
     w = SearchWorker(workbench.model, workbench.data, st.search_config()).start()
     end = time.monotonic() + 30
@@ -152,11 +152,11 @@ def test_explorer_notebook_in_jupyter_kernel():
 
 
 def test_headless_explorer_imports_without_ui_stack():
-    "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names still resolve from `explorer`."
+    "The state, worker and events import without Panel, HoloViews or Bokeh; the app's names come from `explorer_app`."
     import subprocess, sys
     code = ("import sys, sigmaquant_lab.explorer as e; assert not {'panel','holoviews','bokeh'} & set(sys.modules), sorted(sys.modules);"
-            "from sigmaquant_lab.explorer import ExplorerState, SearchWorker, WorkbenchLoaded, serve_command;"
-            "from sigmaquant_lab.explorer import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
+            "from sigmaquant_lab.explorer import ExplorerState, WorkbenchLoaded, serve_command; from sigmaquant_lab.explorer_worker import SearchWorker;"
+            "from sigmaquant_lab.explorer_app import ExplorerApp; import sigmaquant_lab.explorer_app as a; assert ExplorerApp is a.ExplorerApp; print('ok')")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
@@ -194,3 +194,32 @@ def test_explore_own_model_save_and_downloads(workbench, tmp_path, capsys):
     out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     assert out.shape == (16, wb.data.num_classes)
     st.close()
+
+
+def test_snapshot_from_bops_result_keeps_bops_budget(workbench):
+    "A snapshot built from a BOPs search result keeps the BOPs budget (plots once read only size, energy and latency back)."
+    from sigmaquant_lab.core import Budget
+    from sigmaquant_lab.plots import Snapshot
+    from sigmaquant_lab.search import search
+    from sigmaquant_lab.sigmaquant import SigmaQuantConfig
+    cfg = SigmaQuantConfig(budget=Budget(max_acc_drop=0.05, size_frac=1.0, bops_frac=0.5), e1=1, e2=1, int8_epochs=1, max_steps=2, device="cpu")
+    res = search(workbench.model, workbench.data, cfg)
+    assert res.costs["bops_frac"] <= 0.5 + 1e-9
+    snap = Snapshot.from_result(res, workbench.cost_model)
+    assert snap.budget.bops_frac == 0.5 and snap.budget == cfg.budget
+
+
+def test_unknown_event_is_refused(workbench):
+    "An event the reducer has no handler for is refused with a clear error (not silently dropped) and changes nothing."
+    from dataclasses import dataclass
+    from sigmaquant_lab.search import Event, StepFinished
+    from sigmaquant_lab.explorer import HANDLERS
+    @dataclass(frozen=True)
+    class StepDone(Event):          # e.g. StepFinished renamed without its handler
+        step:int
+    st = _state(workbench, auto_refine=False)
+    snap, status = st.snapshot, st.status
+    with pytest.raises(TypeError, match="cannot apply StepDone: explorer.HANDLERS has no handler"):
+        st.apply(StepDone(1))
+    assert st.snapshot is snap and st.status == status
+    assert StepFinished in HANDLERS
