@@ -20,9 +20,9 @@ from .train import TrainConfig, train_, evaluate, float_model   # float_model re
 from .runs import list_runs
 from .search import search, check_budgets, SearchResult, PhaseStarted, Progress, StepFinished, RunFinished, RunStarted
 from .sigmaquant import SigmaQuantConfig
-# every search method registers itself on import: the CLI offers (and resumes) all of them
-import sigmaquant_lab.uniform, sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp
-from .search import STRATEGIES, config_class_for
+# every search method, registered once (methods): the CLI offers (and resumes) all of them
+from .methods import method_names
+from .search import config_class_for
 from .sweeps import add_sweep_parser, cmd_sweep
 
 # %% auto #0
@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(s.add_argument_group("data and model"), _DATA_OPTS)
     add_options(s.add_argument_group("budgets (fractions of the INT8 reference)"), _BUDGET_OPTS)
     q = s.add_argument_group("search")
-    q.add_argument("--method", default="sigmaquant", choices=sorted(c.name for c in STRATEGIES.values() if c.name != "fixed"),
+    q.add_argument("--method", default="sigmaquant", choices=method_names(),
                    help="search method: SigmaQuant or a baseline, all measured with the same quantizer and QAT recipe")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="set any field of the method's config, typed by the field: e.g. --set w_bits=4 (uniform), --set lambda_step=0.2, "

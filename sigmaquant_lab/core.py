@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'load_settings', 'ini_defaults',
-           'ini_kwargs', 'check_bits', 'Budget', 'ceil_sig', 'floor_sig', 'seed_everything', 'resolve_device', 'fault',
-           'atomic_write', 'to_jsonable', 'atomic_write_json']
+__all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'parse_bool', 'parse_list',
+           'load_settings', 'ini_defaults', 'ini_kwargs', 'check_bits', 'Budget', 'ceil_sig', 'floor_sig',
+           'seed_everything', 'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
 class SQError(ValueError):
@@ -102,18 +102,26 @@ class Settings:
     def optint(self, sec, key): return None if self.raw(sec, key) == "" else self.int(sec, key)
     def bool(self, sec, key):
         r = self.raw(sec, key).lower()
-        if r in ("1","true","yes","on"): return True
-        if r in ("0","false","no","off"): return False
-        raise self._bad(sec, key, r, "true or false")
+        if (v := parse_bool(r)) is None: raise self._bad(sec, key, r, "true or false")
+        return v
     def ints(self, sec, key):
         r = self.raw(sec, key)
-        try: return [int(x) for x in r.replace(" ", "").split(",") if x]
+        try: return list(parse_list(r))
         except ValueError: raise self._bad(sec, key, r, "a comma-separated list of integers") from None
     def path_(self, sec, key) -> Path:
         "A path setting, relative to the settings file's folder."
         p = Path(self.raw(sec, key)).expanduser()
         base = self.path.parent if self.path is not None else Path.cwd()
         return p if p.is_absolute() else (base/p)
+
+def parse_bool(s:str) -> bool|None:
+    "The one reading of a boolean literal (settings, flags, --set): 1/true/yes/on, 0/false/no/off (any case); None otherwise."
+    s = str(s).strip().lower()
+    return True if s in ("1", "true", "yes", "on") else False if s in ("0", "false", "no", "off") else None
+
+def parse_list(s:str, conv=int) -> tuple:
+    "The one reading of a list literal: comma-separated, spaces ignored, empty items skipped, each item through `conv` (ValueError if one fails)."
+    return tuple(conv(x) for x in str(s).replace(" ", "").split(",") if x)
 
 def load_settings(path=None, overrides=None) -> Settings:
     "Read the lab's settings.ini (see `Settings`)."
@@ -195,6 +203,8 @@ class Budget:
     energy_frac:float|None # Max simulated energy as a fraction of INT8 (optional)
     latency_frac:float|None # Max simulated latency as a fraction of INT8 (optional)
     bops_frac:float|None # Max BOPs (Σ w_bits·a_bits·MACs) as a fraction of INT8's; activation bits are searched too (optional)
+    COSTS:typing.ClassVar[tuple] = ("size_frac", "bops_frac", "energy_frac", "latency_frac")   # the cost budgets, in the order moves fit them
+    TOL:typing.ClassVar[float] = 1e-9   # the tolerance of every budget comparison
     def __post_init__(self):
         _check_frac("max_acc_drop", self.max_acc_drop, open_lo=False)
         _check_frac("size_frac", self.size_frac)
@@ -202,16 +212,35 @@ class Budget:
         _check_frac("latency_frac", self.latency_frac, hi=10.0)
         _check_frac("bops_frac", self.bops_frac)
 
+    @staticmethod
+    def flag(key:str) -> str: return "--" + key.replace("_", "-")   # the CLI flag of a budget field
+    def limits(self) -> dict:
+        "The cost budgets that are set: {key: limit}."
+        return {k: getattr(self, k) for k in self.COSTS if getattr(self, k) is not None}
+    def over(self, costs:dict) -> dict:
+        "The cost budgets `costs` (fractions of INT8) exceed: {key: excess}."
+        return {k: costs[k] - v for k, v in self.limits().items() if k in costs and costs[k] > v + self.TOL}
+    def fits(self, costs:dict) -> bool: return not self.over(costs)
+    def ratios(self, costs:dict) -> dict:
+        "Each set cost budget's use: cost / limit."
+        return {k: costs[k] / v for k, v in self.limits().items() if k in costs}
+    def excess(self, costs:dict) -> float:
+        "Relative excess over every set cost budget, Σ max(0, cost − limit) / limit (0 when it fits)."
+        return sum(max(0.0, float(costs[k]) - v) / v for k, v in self.limits().items() if k in costs)
+    def acc_ok(self, acc:float, ref_acc:float) -> bool:
+        "Whether `acc` is within the accuracy budget of the INT8 reference's `ref_acc`."
+        return acc >= ref_acc - self.max_acc_drop - self.TOL
+
     def check_reachable(self, bits:Iterable[int], act_bits:Iterable[int]|None=None):
         "Fail early (no model needed) when the size (or BOPs) budget is below what the smallest candidate widths reach on any model."
         # the model's own floor (pinned layers, the 8-bit image input) is higher; `search.check_floor` names it exactly
         lo = min(check_bits(bits)) / 8
-        if self.size_frac < lo - 1e-9:
+        if self.size_frac < lo - self.TOL:
             raise SQError(f"size budget {self.size_frac:.1%} of INT8 is infeasible: below {lo:.1%}, every layer at {min(bits)} bits",
                           "raise --size-frac (the search names the model's exact floor) or add a smaller bit width")
         if self.bops_frac is not None:
             blo = lo * min(check_bits(act_bits or bits)) / 8
-            if self.bops_frac < blo - 1e-9:
+            if self.bops_frac < blo - self.TOL:
                 raise SQError(f"BOPs budget {self.bops_frac:.1%} of INT8 is infeasible: below {blo:.2%}, the smallest weight and activation widths",
                               "raise --bops-frac (the search names the model's exact floor) or add smaller widths")
         return self

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import SQError, ini_defaults, check_bits
+from .core import SQError, Budget, ini_defaults, check_bits
 from .quant import quant_layers, qrange, get_act_bits
 from .train import make_optimizer, make_scheduler, cancel_points, logits
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, point_choice, qat_cycles, _count
@@ -146,7 +146,7 @@ def round_widths(learned, # Learned (mean) width per layer
     idx = np.abs(learned[:, None] - cand[None]).argmin(1)
     for i, b in fixed.items(): idx[i] = int(np.searchsorted(cand, b))
     if size_frac is not None:
-        cap = size_frac * 8 * params.sum() + 1e-9
+        cap = size_frac * 8 * params.sum() + Budget.TOL
         while (params * cand[idx]).sum() > cap:
             can = [i for i in range(len(idx)) if i not in fixed and idx[i] > 0]
             if not can: break
@@ -163,8 +163,7 @@ def fit_budgets(ctx, # SearchContext (its cost model and budgets)
     "Lower widths one candidate at a time, by the cost model, until the map is within every cost budget (or nothing can drop)."
     wc, ac = sorted(ctx.cfg.bits), sorted(ctx.act_candidates)
     b = ctx.cfg.budget
-    lims = {k: getattr(b, k) for k in ("size_frac", "bops_frac", "energy_frac", "latency_frac") if getattr(b, k) is not None}
-    excess = lambda c: sum(max(0.0, float(c[k]) - v) / v for k, v in lims.items())
+    lims, excess = b.limits(), b.excess
     a8 = {n: ctx.cfg.quant.a_bits or 8 for n in ctx.layers}
     def moved(m):
         k, n, v = m

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import milp, LinearConstraint, Bounds
 
-from .core import SQError, ini_defaults
+from .core import SQError, Budget, ini_defaults
 from .quant import WeightQuantizer, quantizable_layers, get_act_bits
 from .search import SearchConfig, Search, PhaseStarted, register_strategy, train_map, point_choice, _count
 
@@ -114,7 +114,7 @@ def ilp_allocate(omega:np.ndarray, # Sensitivity (layers × candidates), minimis
     cons = [LinearConstraint(eq, 1, 1)]
     if constraints:
         A = np.stack([np.asarray(c, dtype=np.float64).ravel() for c, _ in constraints])
-        cons.append(LinearConstraint(A, -np.inf, np.array([lim for _, lim in constraints], dtype=np.float64) + 1e-9))
+        cons.append(LinearConstraint(A, -np.inf, np.array([lim for _, lim in constraints], dtype=np.float64) + Budget.TOL))
     lb, ub = np.zeros(L * B), np.ones(L * B)
     for l, j in (fixed or {}).items(): ub[l*B:(l+1)*B] = 0; ub[l*B + j] = lb[l*B + j] = 1
     if allowed is not None: ub[~np.asarray(allowed, dtype=bool).ravel()] = 0
@@ -128,7 +128,7 @@ def brute_allocate(omega, constraints, fixed=None):
     omega = np.asarray(omega, dtype=np.float64); L, B = omega.shape; best = (np.inf, None)
     for idx in itertools.product(range(B), repeat=L):
         if any(idx[l] != j for l, j in (fixed or {}).items()): continue
-        if all(sum(np.asarray(c)[l, idx[l]] for l in range(L)) <= lim + 1e-9 for c, lim in constraints):
+        if all(sum(np.asarray(c)[l, idx[l]] for l in range(L)) <= lim + Budget.TOL for c, lim in constraints):
             v = sum(omega[l, idx[l]] for l in range(L))
             if v < best[0] - 1e-12: best = (v, np.array(idx))
     return best[1]

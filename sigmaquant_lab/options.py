@@ -14,7 +14,7 @@ from fastcore.docments import docments
 
 import torch.nn as nn
 
-from .core import SQError, Budget, check_bits, load_settings
+from .core import SQError, Budget, check_bits, load_settings, parse_bool, parse_list
 from .data import get_data, check_splits
 from .train import float_model
 from .quant import QuantConfig, QUANTIZERS
@@ -114,9 +114,8 @@ class Opt:
         s = raw.strip()
         if self.kind == "str": return s
         if self.kind == "flag":
-            if s.lower() in ("1", "true", "yes", "on"): return True
-            if s.lower() in ("0", "false", "no", "off"): return False
-            raise self._bad(repr(s), "not true or false")
+            if (v := parse_bool(s)) is None: raise self._bad(repr(s), "not true or false")
+            return v
         if self.kind == "choice":
             if s not in self.choices: raise self._bad(repr(s), "not a known choice")
             return s
@@ -125,7 +124,7 @@ class Opt:
             if self.kind == "int": v = int(s)
             elif self.kind in ("float", "optfloat"): v = float(s)
             elif self.kind == "ints":
-                v = tuple(int(x) for x in s.replace(" ", "").split(",") if x)
+                v = parse_list(s)
                 if not v: raise ValueError
             else: raise SQError(f"option kind {self.kind!r} is unknown", "use int, float, optfloat, str, ints or choice")
         except ValueError:
@@ -229,14 +228,13 @@ def parse_field(cls:type, # Config dataclass
     def bad(want): return SQError(f"{_at(flag, key)}={raw}: {raw!r} is not {want}", f"give {key} as {want}")
     if dataclasses.is_dataclass(origin): raise SQError(f"{_at(flag, key)}={raw}: {key} is a {origin.__name__}", f"set one of its fields, e.g. {_at(flag, key)}.FIELD=VALUE")
     if origin is bool:
-        if s.lower() in ("1", "true", "yes", "on"): return True
-        if s.lower() in ("0", "false", "no", "off"): return False
-        raise bad("true or false")
+        if (v := parse_bool(s)) is None: raise bad("true or false")
+        return v
     try:
         if origin is int: return int(s)
         if origin is float: return float(s)
         if origin is tuple:
-            v = json.loads(s) if s.startswith("[") else [x for x in s.replace(" ", "").split(",") if x]
+            v = json.loads(s) if s.startswith("[") else parse_list(s, str)
             return tuple(int(x) if str(x).lstrip("-").isdigit() else x for x in v)
         if origin is dict: return json.loads(s)
         if origin is str: return s

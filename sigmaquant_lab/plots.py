@@ -196,7 +196,7 @@ def bits_data(s:Snapshot) -> ViewData:
     b = np.asarray(s.bits, int); p = np.asarray(s.params, int)
     bars = dict(layer=[_short(n) for n in s.layers], bits=b, name=list(s.layers), params=p, kib=p * b / 8 / 1024,
                 color=[BITS_COLORS.get(int(x), "#888888") for x in b])
-    ok = s.size_frac <= s.budget.size_frac + 1e-9
+    ok = s.size_frac <= s.budget.size_frac + Budget.TOL
     avg = float((p * b).sum() / max(p.sum(), 1))
     return ViewData((bars, dict(location=8 * s.budget.size_frac)),
                     f"bits · {s.source} · size {_pct(s.size_frac)} of INT8 (budget {_pct(s.budget.size_frac)}) {'✓' if ok else '✗'} · avg {avg:.2f} b",
@@ -215,7 +215,7 @@ def costs_data(s:Snapshot) -> ViewData:
     vals = dict(size=s.size_frac, energy=s.energy_frac, latency=s.latency_frac)
     b = s.budget
     bud = dict(size=b.size_frac, energy=b.energy_frac, latency=b.latency_frac)
-    met = {k: bud[k] is None or vals[k] <= bud[k] + 1e-9 for k in vals}
+    met = {k: bud[k] is None or vals[k] <= bud[k] + Budget.TOL for k in vals}
     bars = dict(metric=list(vals), frac=np.array(list(vals.values()), float), color=["#4daf4a" if met[k] else "#e41a1c" for k in vals])
     dashes = dict(metric=list(bud), frac=np.array([np.nan if v is None else v for v in bud.values()], float))
     lim = f"size ≤ {_pct(b.size_frac)}" + (f", energy ≤ {b.energy_frac:.2f}×" if b.energy_frac is not None else "") + \

@@ -178,8 +178,6 @@ def cost_model(model:nn.Module, data, cfg:SearchConfig) -> CostModel:
     for d, t in tied_layers(model).items(): mods[d].weight = mods[t].weight    # `.to` unties shared weights: tie them again
     return CostModel.from_model(m, tuple(data.in_shape), hw=cfg.hardware, strict=cfg.strict)
 
-_BUDGET_FLAGS = dict(size_frac="--size-frac", bops_frac="--bops-frac", energy_frac="--energy-frac", latency_frac="--latency-frac")
-
 def cost_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
     "Lowest size, BOPs, energy and latency (fractions of INT8) of any map of the candidate set: minimum widths, pins kept, best-case zero skipping."
     a8 = cfg.quant.a_bits or cfg.hardware.a_bits
@@ -195,9 +193,9 @@ def cost_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
 def check_floor(hw:CostModel, layers:list, cfg:SearchConfig) -> dict:
     "Refuse, before any training, a cost budget that no map of the candidate set can meet; return the floor."
     f, b = cost_floor(hw, layers, cfg), cfg.budget
-    for k, flag in _BUDGET_FLAGS.items():
-        lim = getattr(b, k)
-        if lim is None or f[k] <= lim + 1e-9: continue
+    for k, lim in b.limits().items():
+        if f[k] <= lim + b.TOL: continue
+        flag = b.flag(k)
         how = f"every layer at {min(cfg.bits)}-bit weights" + (f", activations at {min(cfg.act_bits or cfg.bits)} bits" if b.bops_frac is not None else "")
         pins = f", first/last layer pinned at {cfg.pin_first_last} bits" if cfg.pin_first_last is not None else ""
         raise SQError(f"the {k[:-5]} budget {lim:.1%} of INT8 is below the floor of the candidate set, {f[k]:.2%} ({how}{pins}): infeasible",
@@ -440,13 +438,10 @@ class SearchContext:
     def acc_target(self) -> float: return self.ref["acc_val"] - self.cfg.budget.max_acc_drop
 
     def over(self, costs:dict) -> dict:
-        "Which cost budgets a point exceeds: {name: amount over (fraction)}."
-        b, out = self.cfg.budget, {}
-        for k, lim in (("size_frac", b.size_frac), ("energy_frac", b.energy_frac), ("latency_frac", b.latency_frac), ("bops_frac", b.bops_frac)):
-            if lim is not None and k in costs and costs[k] > lim + 1e-9: out[k] = costs[k] - lim
-        return out
+        "Which cost budgets a point exceeds: {name: amount over (fraction)} (`Budget.over`)."
+        return self.cfg.budget.over(costs)
 
-    def meets(self, acc:float, costs:dict) -> bool: return acc >= self.acc_target - 1e-9 and not self.over(costs)
+    def meets(self, acc:float, costs:dict) -> bool: return self.cfg.budget.acc_ok(acc, self.ref["acc_val"]) and self.cfg.budget.fits(costs)
 
     def int8_meets(self) -> bool:
         "Whether the INT8 reference itself (W8, activations as built) meets every budget."
@@ -454,7 +449,7 @@ class SearchContext:
 
     def distance(self, acc:float, costs:dict) -> float:
         "METHOD §3 progress measure d = max(0, A_t−A)/A_t + Σ max(0, M−M_t)/M_t."
-        d = max(0.0, self.acc_target - acc) / max(self.acc_target, 1e-9)
+        d = max(0.0, self.acc_target - acc) / max(self.acc_target, Budget.TOL)
         b = self.cfg.budget
         for k, v in self.over(costs).items(): d += v / getattr(b, k)
         return d
@@ -784,7 +779,7 @@ def over_budget(ctx, bits:dict, a_bits:dict|None=None) -> dict:
     b = ctx.cfg.budget
     size = float((ctx.params * np.array([bits[n] for n in ctx.layers])).sum() / 8 / ctx.params.sum())
     if b.energy_frac is None and b.latency_frac is None and b.bops_frac is None:   # size only: skip the hardware model
-        return {"size_frac": size - b.size_frac} if size > b.size_frac + 1e-9 else {}
+        return b.over({"size_frac": size})
     return ctx.over({**map_costs(ctx, bits, a_bits), "size_frac": size})
 
 # %% ../nbs/08_search.ipynb #c6a50f68

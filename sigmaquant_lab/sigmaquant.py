@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .core import SQError, ini_defaults
+from .core import SQError, ini_defaults, Budget
 from .stats import SIGMA_NORMS, KL_NORMS, normalize
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy
 
@@ -116,7 +116,7 @@ def joint_moves(names:list, cur_w:dict, cur_a:dict, kl_w:np.ndarray, kl_a:np.nda
     return w, a
 
 # %% ../nbs/09_sigmaquant.ipynb #4c1e7a52
-_PRIORITY = ("size_frac", "bops_frac", "energy_frac", "latency_frac")
+_PRIORITY = Budget.COSTS     # moves fit the budgets in this order
 
 def _pred_maps(ctx, cands):
     "Predicted INT8 fractions of candidate maps, each a (bits, a_bits) pair: {metric: array}."
@@ -137,7 +137,7 @@ def fit_moves(ctx, # SearchContext
     cur = ctx.predict(b, a)
     corr = _correction(measured, cur)
     for _ in range(16 * len(ctx.layers)):
-        over = {k: cur[k] * corr[k] - getattr(lim, k) for k in _PRIORITY if getattr(lim, k) is not None and cur[k] * corr[k] > getattr(lim, k) + 1e-9}
+        over = lim.over({k: cur[k] * corr[k] for k in _PRIORITY})
         if not over: break
         cands, dmg = [], []
         for i, n in enumerate(ctx.layers):
@@ -172,10 +172,9 @@ def raise_moves(ctx, bits:dict, a_bits:dict, measured:dict, kl_w_cur, kl_a_cur, 
         tb, ta = (({**b, nm: step_bits(b[nm], ctx.cfg.bits, bit_step)}, a) if kind == "w"
                   else (b, {**a, nm: step_bits(a[nm], ctx.act_candidates, bit_step)}))
         p = ctx.predict(tb, ta)
-        if all(getattr(lim, k) is None or p[k] * corr[k] <= getattr(lim, k) + 1e-9 for k in _PRIORITY):
+        if lim.fits({k: p[k] * corr[k] for k in _PRIORITY}):
             b, a, done = tb, ta, done + 1
     return {k: v for k, v in b.items() if v != bits[k]}, {k: v for k, v in a.items() if v != a_bits[k]}
-
 
 # %% ../nbs/09_sigmaquant.ipynb #708f2865
 SELECTORS, ABANDON = ("kl", "kl_per_byte"), ("lower", "paper")
@@ -261,8 +260,8 @@ class SigmaQuant(Search):
         maps = [({**dict(zip(ctx.layers, map(int, w))), **ctx.pinned}, None if a is None else dict(zip(ctx.layers, map(int, a))))
                 for w, a in pairs]
         p = ctx.predict_batch([(m, a or {n: c.quant.a_bits or 8 for n in ctx.layers}) for m, a in maps])
-        ratio = np.max([p[k] / getattr(b, k) for k in ("size_frac", "bops_frac", "energy_frac", "latency_frac") if getattr(b, k) is not None], 0)
-        fit = np.flatnonzero(ratio <= 1 + 1e-9)
+        ratio = np.max(list(b.ratios(p).values()), 0)
+        fit = np.flatnonzero(ratio <= 1 + b.TOL)
         i = int(fit[np.argmax(ratio[fit])]) if len(fit) else int(np.argmin(ratio))   # closest from below, else the cheapest
         aim.update(aim_ratio=float(ratio[i]), aim_tried=len(maps))
         return maps[i][0], maps[i][1], aim
@@ -295,7 +294,7 @@ class SigmaQuant(Search):
         while True:
             step += 1
             ctx.check_cancel()
-            short, over = cur["acc"] < ctx.acc_target - 1e-9, ctx.over(cur["costs"])
+            short, over = not ctx.cfg.budget.acc_ok(cur["acc"], ctx.ref["acc_val"]), ctx.over(cur["costs"])
             if not short and not over: reason = "targets met"; break
             # the step cap counts steps; a map over its cost budget still gets the one fitting step it needs
             if step > c.max_steps and not (fit and fitting is None and over):
@@ -322,7 +321,7 @@ class SigmaQuant(Search):
             d = ctx.distance(acc, costs)
             if ctx.meets(acc, costs) and (feasible is None or acc > feasible["acc"]): feasible = cur
             if not ctx.over(costs) and (fitting is None or acc > fitting["acc"]): fitting = cur
-            if d < best_d - 1e-9: best_d, stable, stall = d, cur, 0
+            if d < best_d - Budget.TOL: best_d, stable, stall = d, cur, 0
             else: stall += 1
             decision = verb + (f" {sorted(moves)}" if moves else "") + (f" acts {sorted(amoves)}" if amoves else "")
             yield ctx.step_event("phase2", step, nb, acc, costs, decision, kl=kl, moved=moves, moved_acts=amoves, d=d, stall=stall)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import SQError, Budget, load_settings, to_jsonable, atomic_write, atomic_write_json
+from .core import SQError, Budget, load_settings, to_jsonable, atomic_write, atomic_write_json, parse_list
 from .data import get_data, check_splits
 from .models import get_model
 from .train import float_model
@@ -23,25 +23,22 @@ from .search import search, check_floor, cost_model, cpu_state, search_units, Se
 from .options import OPTIONS, InputConfig, add_options, option_values, parse_path, set_field, input_data, input_model
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
+from .methods import method_names as _method_names   # every method, registered once
 from .quant import quantizable_layers
 
 # %% auto #0
-__all__ = ['BASELINE_MODULES', 'PREFERRED_METHODS', 'BACKENDS', 'UNIFORM_WIDTHS', 'ROW_KEYS', 'METRICS', 'method_names',
-           'default_methods', 'as_budget', 'budget_tag', 'SweepConfig', 'fit_uniform', 'method_config', 'RunSpec',
-           'plan_sweep', 'row_from_result', 'failed_row', 'InjectedFailure', 'run_task', 'existing_row', 'reuse_rows',
+__all__ = ['PREFERRED_METHODS', 'BACKENDS', 'UNIFORM_WIDTHS', 'ROW_KEYS', 'METRICS', 'method_names', 'default_methods',
+           'as_budget', 'budget_tag', 'SweepConfig', 'fit_uniform', 'method_config', 'RunSpec', 'plan_sweep',
+           'row_from_result', 'failed_row', 'InjectedFailure', 'run_task', 'existing_row', 'reuse_rows',
            'LocalExecutor', 'RayExecutor', 'SweepResult', 'load_sweep', 'sweep_inputs', 'run_sweep', 'summarize',
            'summary_table', 'pareto_front', 'pareto_plot', 'add_sweep_parser', 'sweep_config_from_args', 'cmd_sweep']
 
 # %% ../nbs/12_sweeps.ipynb #aacf4b50
-BASELINE_MODULES = ("uniform", "amed", "hawq", "diffmp")   # nbs/10a…10d; a module that is not there yet is skipped
 PREFERRED_METHODS = ("sigmaquant", "uniform", "random", "amed", "hawq", "diffmp")
 
-for _m in BASELINE_MODULES:
-    if importlib.util.find_spec(f"sigmaquant_lab.{_m}") is not None: importlib.import_module(f"sigmaquant_lab.{_m}")
-
 def method_names() -> list[str]:
-    "Names of every registered search method."
-    return [c.name for c in STRATEGIES.values()]
+    "Names of every registered search method (`methods` registers them all), `fixed` included."
+    return _method_names(searches_only=False)
 
 def default_methods() -> tuple[str, ...]:
     "SigmaQuant and the registered baselines, in a fixed order."
@@ -162,12 +159,12 @@ def fit_uniform(budget:Budget, # The budget to fit
                 widths:tuple=UNIFORM_WIDTHS # Allowed widths
                ) -> dict:
     "Widest uniform `w_bits` (and `a_bits` under a BOPs budget) that fits the budget."
-    ws = [w for w in widths if w / 8 <= budget.size_frac + 1e-9]
+    ws = [w for w in widths if w / 8 <= budget.size_frac + Budget.TOL]
     if not ws: raise SQError(f"no uniform width in {widths} fits the size budget {budget.size_frac:g}",
                              f"give a size_frac of at least {min(widths)/8:g}")
     bops = getattr(budget, "bops_frac", None)
     if bops is None or "a_bits" not in names: return dict(w_bits=max(ws))
-    pairs = [(w * a, a, w) for w in ws for a in widths if w * a / 64 <= bops + 1e-9]
+    pairs = [(w * a, a, w) for w in ws for a in widths if w * a / 64 <= bops + Budget.TOL]
     if not pairs: raise SQError(f"no uniform W/A pair fits the BOPs budget {bops:g}", f"give a bops_frac of at least {min(widths)**2/64:g}")
     _, a, w = max(pairs)
     return dict(w_bits=w, a_bits=a)
@@ -652,7 +649,7 @@ def pareto_plot(summary:list[dict], # `summarize` output
 # %% ../nbs/12_sweeps.ipynb #a44a3742
 def _csv(kind, conv):
     def f(s):
-        try: v = tuple(conv(x) for x in s.replace(" ", "").split(",") if x)
+        try: v = parse_list(s, conv)
         except ValueError: raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of {kind}") from None
         if not v: raise argparse.ArgumentTypeError(f"{s!r} is an empty list")
         return v

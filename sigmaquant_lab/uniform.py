@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .core import SQError, ini_defaults, check_bits
+from .core import SQError, Budget, ini_defaults, check_bits
 from .quant import get_act_bits
 from .search import SearchConfig, Search, Choice, PhaseStarted, register_strategy, search
 # the helpers every strategy shares live in search; imported here too, where earlier code found them
@@ -90,7 +90,7 @@ def random_bit_map(params, # Weights per layer
     idx = rng.integers(0, len(cand), L)
     for i, b in pinned.items(): idx[i] = int(np.searchsorted(cand, b))
     free = np.array([i not in pinned for i in range(L)])
-    cap = size_frac * 8 * params.sum() + 1e-9
+    cap = size_frac * 8 * params.sum() + Budget.TOL
     size = lambda: float((params * cand[idx]).sum())
     while size() > cap:
         can = np.flatnonzero(free & (idx > 0))
@@ -146,7 +146,7 @@ class RandomConfig(SearchConfig):
         _count("epochs", self.epochs); _count("cycle_epochs", self.cycle_epochs)
         if self.map_seed is not None: _count("map_seed", self.map_seed)
         lo = min(self.bits) / 8
-        if self.size_frac is not None and not (lo - 1e-9 <= self.size_frac <= 1):
+        if self.size_frac is not None and not (lo - Budget.TOL <= self.size_frac <= 1):
             raise SQError(f"size_frac={self.size_frac} is outside [{lo:g}, 1] for candidate bits {self.bits}",
                           f"give a target between {lo:g} (all layers at {min(self.bits)} bits) and 1, or None for the budget's")
 
