@@ -191,7 +191,7 @@ def _read_weights(weights, what:str):
     if not p.is_file(): raise SQError(f"weights file {p} does not exist", "pass the path of a checkpoint saved with torch.save (CLI: --weights FILE)")
     try: return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
+        if "unsupported global" in str(e).lower():   # a pickled class or module: weights_only refuses to import it
             raise SQError(f"weights {what} hold Python objects other than tensors (a pickled model or class), which are not loaded",
                           "save model.state_dict() instead, or load the file yourself with torch.load(FILE, weights_only=False) if you trust it and pass its state_dict") from None
         raise SQError(f"weights {what} is not a torch checkpoint (unpickling failed)", _FIX) from None
