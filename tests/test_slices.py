@@ -105,6 +105,11 @@ def test_cpu_subset_twin_from_the_pretrained_model(tmp_path):
         if "-W" not in k and x["method"] != "sigmaquant": assert x["epochs"] == by[f"sigmaquant-{cell}"]["epochs"], k   # equal epochs per cell
     res_sq = json.loads((res/"runs"/"sigmaquant-sz0.3-s0"/"result.json").read_text())
     assert res_sq["costs"]["size_frac"] <= 0.3 + 1e-9
+    # the table is regenerated from the records alone
+    import cifar_subset_table
+    assert cifar_subset_table.main(["--results", str(res), "--out", str(tmp_path/"t.md")]) == 0
+    md = (tmp_path/"t.md").read_text()
+    assert "| size 30.0% of INT8 (A8) | sigmaquant | 1 |" in md and "| W2A8 | 1 |" in md and f"{len(want)} of {len(want)} planned runs finished" in md
     # the weights are gone (a fresh checkout holds only the records): the fine-tune is rebuilt, checked against its digest, nothing rerun
     (res/"fp32.pt").unlink()
     r2 = subprocess.run([*cmd, str(res), "--budget-s", "600"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
