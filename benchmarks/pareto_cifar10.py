@@ -28,6 +28,7 @@ Writes benchmarks/results/pareto_<mode>.json, .md and .html (HoloViews/Bokeh, Ja
     python benchmarks/pareto_cifar10.py --quick --backend local --seeds 0 --quantizers minmax   # smaller, no Ray
     python benchmarks/pareto_cifar10.py --budget-s 540 --results slices    # time-boxed resumable slices (GPU lease; see slices.py)
     python benchmarks/pareto_cifar10.py --tiny --budget-s 600              # their CPU twin
+    python benchmarks/pareto_cifar10.py --protocol cpu-subset --budget-s 7200 --results benchmarks/results/cifar_subset   # issue 23, this CPU
 """
 import argparse, datetime as dt, json, os, platform, subprocess, sys, time
 from dataclasses import fields, replace
@@ -200,11 +201,14 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=None, help="time-boxed slices (benchmarks/slices.py): run what fits in N seconds, "
                    "keep every finished run in --results, continue from there next time")
     p.add_argument("--tiny", action="store_true", help="with --budget-s: the CPU twin (a few hundred CIFAR-10 images)")
+    p.add_argument("--protocol", default=None, help="with --budget-s: the slices protocol (gpu, tiny, cpu-subset: the pretrained ResNet-20 on a "
+                   "10,000-image subset on this CPU, cpu-subset-tiny: its twin; see benchmarks/slices.py)")
     p.add_argument("--results", default=None, help="with --budget-s: the results folder (default: slices/<gpu|tiny>, git-ignored)")
     a = p.parse_args(argv)
-    if a.budget_s is not None or a.tiny:
+    if a.budget_s is not None or a.tiny or a.protocol:
         import slices
         return slices.main(["--budget-s", str(a.budget_s if a.budget_s is not None else 0), *(["--tiny"] if a.tiny else []),
+                            *(["--protocol", a.protocol] if a.protocol else []),
                             *(["--results", a.results] if a.results else []), *(["--device", a.device] if a.device else [])])
     mode = "quick" if a.quick else "full"
     proto = PROTOCOLS[mode]

@@ -14,11 +14,30 @@ Order of value:
       (each peer gets the QAT epochs SigmaQuant spent at the same budget and seed),
   (d) the rest of the grid (other budgets, the other peers, the ladder's other seeds).
 
+The `cpu-subset` protocol (issue 23) is the CPU evidence from a well-trained model: the pretrained ResNet-20 of
+`../shared/data/pretrained/` (91.78 % on the original CIFAR-10, about 81 % on the JPEG test split as loaded), with
+its own preprocessing (ImageNet mean/std in torchvision's units), fine-tuned in float once on the whole JPEG training
+split (cached in the results folder, git-ignored), then QAT on a fixed class-stratified 10,000-image training
+subset; validation is 5,000 class-stratified images of the test split (the model has seen every training image:
+validation carved from training would be biased, ~89 % there against ~81 % on test) and accuracy is reported on
+the other 5,000. First conv and last FC at 8 bits for every method; the settings.ini QAT recipe.
+Sizing (measured here: ResNet-20 trains at ~220 images/s on 2 threads; LSQ QAT is slower, ~100 s per 10,000-image
+epoch on 1 thread; evaluating 5,000 + 5,000 images ~14 s): the INT8 reference is calibrated without QAT
+(int8_epochs 0: the pretrained W8A8 is within a few tenths of FP32), SigmaQuant gets one Phase-1 round of one epoch
+and at most two one-epoch Phase-2 steps (<= 3 QAT epochs), every peer the epochs SigmaQuant spent in its cell, the
+ladder 3. One run is then ~3 x 100 s + ~5 evaluations x 14 s ~ 370-400 s on 1 thread, so the main grid — 4 budgets
+x 6 methods x 2 seeds = 48 runs plus the 9-rung ladder — is ~57 x 390 s ~ 6.2 h on 1 thread, ~4 h on 2, plus the
+fine-tune (2 epochs of 50,000 images, ~15 min on 1 thread): two sessions. HAWQ's Hessian uses 20 probes (its trace
+costs about one epoch), AMED and DiffMP one fine-tune epoch of their budget. Seed 2 comes after.
+
+    python benchmarks/pareto_cifar10.py --protocol cpu-subset --budget-s 7200 --results benchmarks/results/cifar_subset
+
 Not done here (noted for the GPU session): several runs at once on the one GPU; torch.compile and channels_last are
 not measured yet. Data is decoded once and held on the device by the loaders; bf16 autocast is on for CUDA.
 
     python benchmarks/pareto_cifar10.py --budget-s 540 --results slices        # on the GPU machine
     python benchmarks/pareto_cifar10.py --tiny --budget-s 600 --results /tmp/s  # the CPU twin (CI)
+    python benchmarks/pareto_cifar10.py --protocol cpu-subset-tiny --budget-s 600 --results /tmp/c   # cpu-subset's twin
 """
 import hashlib, io, json, os, shutil, sys, tarfile, time
 from dataclasses import dataclass, replace
@@ -30,8 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import sigmaquant_lab
 from sigmaquant_lab.core import SQError, Budget, load_settings, resolve_device, seed_everything, atomic_write, atomic_write_json, to_jsonable
-from sigmaquant_lab.data import get_data
-from sigmaquant_lab.models import get_model
+from sigmaquant_lab.data import get_data, data_roots, file_sha256
+from sigmaquant_lab.models import get_model, load_weights_
 from sigmaquant_lab.quant import QuantConfig, quantize_
 from sigmaquant_lab.search import search, config_class_for, search_epochs
 from sigmaquant_lab.train import TrainConfig, train_, evaluate
@@ -54,6 +73,25 @@ PROTOCOLS = {
                  ladder=((8, 8), (2, 8), (2, 2)), main_budgets=(("size_frac", 0.3), ("bops_frac", 2 * W2A2)),
                  rest_budgets=(), peers=("uniform",), rest_methods=(), seeds=(0, 1)),
 }
+# issue 23: from a pretrained model, on the CPU (see the module docstring for the sizing)
+PRETRAINED_RESNET20 = dict(file="pretrained/resnet20-12fca82f.th", sha256="12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8")
+PROTOCOLS["cpu-subset"] = dict(
+    data="cifar10", model="resnet20", limit=None, device="cpu", quantizer="lsq", max_acc_drop=0.01, pin_first_last=8,
+    pretrained=PRETRAINED_RESNET20, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),   # its training preprocessing (torchvision units)
+    val_from="test", val_frac=0.5, qat_subset=10000, eval_limit=None, ft_limit=None,
+    # float fine-tune on the whole JPEG training split: one epoch per learning rate (constant within it, so every epoch ends in a usable model)
+    fp32=dict(kind="finetune", lrs=(0.01, 0.001), momentum=0.9, weight_decay=1e-4, label_smoothing=0.0, batch_size=128, seed=0),
+    qat=dict(int8_epochs=0, e1=1, e2=1, rounds1=1, max_steps=2, batch_size=128, epochs=3),
+    overrides=dict(hawq=dict(probes=20), amed=dict(finetune_epochs=1), diffmp=dict(finetune_epochs=1)),
+    ladder=((8, 8), (4, 8), (3, 8), (2, 8), (4, 4), (3, 3), (2, 2), (2, 4), (4, 2)),
+    main_budgets=(("size_frac", 0.3), ("size_frac", 0.375), ("bops_frac", 1.5 * W2A2), ("bops_frac", 2 * W2A2)),
+    rest_budgets=(), peers=("uniform", "hawq", "amed", "diffmp", "random"), rest_methods=(), seeds=(0, 1, 2))
+# its CPU twin (tests): the same path (pretrained file, fine-tune, subset, validation from test, every method) on a few hundred images
+PROTOCOLS["cpu-subset-tiny"] = dict(PROTOCOLS["cpu-subset"], qat_subset=160, eval_limit=100, ft_limit=128,
+    fp32=dict(PROTOCOLS["cpu-subset"]["fp32"], lrs=(0.001,), batch_size=64),
+    qat=dict(int8_epochs=0, e1=1, e2=1, rounds1=1, max_steps=1, batch_size=64, epochs=1),
+    overrides=dict(hawq=dict(probes=2, hessian_samples=32), amed=dict(finetune_epochs=1), diffmp=dict(finetune_epochs=1)),
+    ladder=((8, 8), (2, 8)), main_budgets=(("size_frac", 0.3),), seeds=(0,))
 
 
 def protocol_digest(proto:dict) -> str:
@@ -158,11 +196,31 @@ class Slices:
 
 
 def _data(proto, st):
-    data = get_data(proto["data"], st, progress=False)
-    return data.subset(proto["limit"]) if proto["limit"] else data
+    "(data the searches run on, data the FP32 model trains on)."
+    if "qat_subset" not in proto:
+        data = get_data(proto["data"], st, progress=False)
+        data = data.subset(proto["limit"]) if proto["limit"] else data
+        return data, data
+    full = get_data(proto["data"], st, progress=False, mean=proto["mean"], std=proto["std"], val_from=proto["val_from"], val_frac=proto["val_frac"])
+    nv, nt = proto["eval_limit"] or len(full.y_val), proto["eval_limit"] or len(full.y_test)
+    ft = full.subset(proto["ft_limit"], n_val=nv, n_test=nt) if proto["ft_limit"] else full
+    return full.subset(proto["qat_subset"], n_val=nv, n_test=nt), ft     # a fixed class-stratified subset (the first images of every class)
 
 
-def measure_epoch_s(data, proto, device) -> dict:
+def pretrained_path(proto, st) -> Path:
+    "The protocol's pretrained checkpoint in the data roots, its sha256 checked."
+    want = proto["pretrained"]
+    for r in data_roots(st):
+        p = r/want["file"]
+        if p.is_file():
+            if file_sha256(p) != want["sha256"]:
+                raise SQError(f"{p} has another sha256 than the protocol's pretrained model ({want['sha256'][:8]})", "restore the file from ../shared/data/pretrained/")
+            return p
+    raise SQError(f"pretrained model {want['file']} not found in {', '.join(map(str, data_roots(st)))}",
+                  "put it there (see ../shared/data/pretrained/README.md) or set [data] extra_roots in settings.ini")
+
+
+def measure_epoch_s(data, proto, device, n_fp32:int|None=None) -> dict:
     "Seconds per FP32 and per QAT (W4A8 LSQ) epoch, from a few timed batches on this machine."
     r, bs = proto["fp32"], proto["qat"]["batch_size"]
     def per_batch(model, n=3):
@@ -187,15 +245,57 @@ def measure_epoch_s(data, proto, device) -> dict:
     qt = per_batch(q)
     nb = -(-len(data.y_train) // bs)
     ev = (len(data.y_val) + len(data.y_test)) / bs * fp / 3          # forward only, both splits
-    return dict(fp32_epoch_s=fp * nb, qat_epoch_s=qt * nb, eval_s=ev, batches=nb)
+    nf = -(-(n_fp32 or len(data.y_train)) // bs)
+    return dict(fp32_epoch_s=fp * nf, qat_epoch_s=qt * nb, eval_s=ev, batches=nb, threads=torch.get_num_threads())
 
 
 def estimate_s(it:Item, proto:dict, t:dict) -> float:
     "Seconds one item takes: FP32 epochs, or the INT8 reference plus its QAT epochs, each with an evaluation."
-    if it.key == "fp32": return proto["fp32"]["epochs"] * t["fp32_epoch_s"] + t["eval_s"]
+    if it.key == "fp32": return (len(proto["fp32"].get("lrs", ())) or proto["fp32"]["epochs"]) * t["fp32_epoch_s"] + t["eval_s"] * (1 + len(proto["fp32"].get("lrs", ())))
     q = proto["qat"]; e = q["int8_epochs"] + it.epochs(q)
     steps = (q["rounds1"] + min(q["max_steps"], 3)) if it.method == "sigmaquant" else 1
     return e * t["qat_epoch_s"] + (steps + 3) * t["eval_s"]
+
+
+def _sha(sd) -> str: return hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in sd.values())).hexdigest()[:16]
+
+
+def finetune_fp32(data, proto, device, sl:Slices, st, progress=True):
+    "The pretrained model, loaded as it was saved and fine-tuned in float once (one epoch per learning rate), kept in the results folder."
+    f, ff = sl.done("fp32"), sl.root/"fp32.json"
+    m = get_model(proto["model"], data.num_classes, data.in_shape)
+    if f is not None:
+        sd = torch.load(sl.root/"fp32.pt", map_location="cpu", weights_only=True)
+        if _sha(sd) != f["sha"]: raise SQError(f"{sl.root/'fp32.pt'} does not match its digest in fp32.json", "remove both files to fine-tune again")
+        m.load_state_dict(sd); return m, f
+    rec = json.loads(ff.read_text()) if ff.exists() else None       # the facts committed, the weights (git-ignored) not here: rebuild and check
+    r, path = proto["fp32"], pretrained_path(proto, st)
+    load_weights_(m, path, name=proto["model"])
+    threads = torch.get_num_threads()
+    if rec is not None: torch.set_num_threads(rec["threads"])    # the same reduction order: the same weights
+    facts = dict(recipe=r, pretrained=proto["pretrained"], device=str(device), threads=torch.get_num_threads(), train_images=len(data.y_train),
+                 loaded=dict(val_acc=evaluate(m, data.loader("val")), test_acc=evaluate(m, data.loader("test"))), epochs=[])
+    print(f"fine-tune {proto['model']} from {path.name}: as loaded val {facts['loaded']['val_acc']:.2%} test {facts['loaded']['test_acc']:.2%}", flush=True)
+    t0 = time.perf_counter(); seed_everything(r["seed"]); m.to(device)
+    try:
+        for e, lr in enumerate(r["lrs"]):
+            te = time.perf_counter()
+            train_(m, data.loader("train", batch_size=r["batch_size"], device=device, seed=r["seed"] + e),
+                   TrainConfig(epochs=1, lr=lr, momentum=r["momentum"], weight_decay=r["weight_decay"], schedule="constant", label_smoothing=r["label_smoothing"]),
+                   progress=progress, desc=f"fine-tune {e + 1}/{len(r['lrs'])}")
+            ep = dict(epoch=e + 1, lr=lr, train_s=time.perf_counter() - te, val_acc=evaluate(m, data.loader("val", device=device)),
+                      test_acc=evaluate(m, data.loader("test", device=device)))
+            facts["epochs"].append(ep)
+            print(f"  epoch {e + 1}: val {ep['val_acc']:.2%} test {ep['test_acc']:.2%} ({ep['train_s']:.0f} s)", flush=True)
+    finally: torch.set_num_threads(threads)
+    m.cpu(); sd = {k: v.detach().cpu() for k, v in m.state_dict().items()}
+    facts.update(wall_s=time.perf_counter() - t0, test_acc=facts["epochs"][-1]["test_acc"], val_acc=facts["epochs"][-1]["val_acc"], sha=_sha(sd))
+    if rec is not None and rec["sha"] != facts["sha"]:
+        raise SQError(f"the fine-tuned model rebuilt here (sha {facts['sha']}) differs from the one the records of {sl.root} were measured on (sha {rec['sha']})",
+                      "copy that session's fp32.pt into the folder, or start another --results folder")
+    buf = io.BytesIO(); torch.save(sd, buf); atomic_write(sl.root/"fp32.pt", buf.getvalue())
+    atomic_write_json(ff, rec or facts)
+    return m, rec or facts
 
 
 def train_fp32(data, proto, device, sl:Slices):
@@ -204,7 +304,7 @@ def train_fp32(data, proto, device, sl:Slices):
     m = get_model(proto["model"], data.num_classes, data.in_shape)
     if f is not None:
         sd = torch.load(sl.root/"fp32.pt", map_location="cpu", weights_only=True)
-        if hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for v in sd.values())).hexdigest()[:16] != f["sha"]:
+        if _sha(sd) != f["sha"]:
             raise SQError(f"{sl.root/'fp32.pt'} does not match its digest in fp32.json", "remove both files to retrain the FP32 model")
         m.load_state_dict(sd); return m, f
     r = proto["fp32"]; seed_everything(r["seed"]); m.to(device)
@@ -221,6 +321,16 @@ def train_fp32(data, proto, device, sl:Slices):
     return m, facts
 
 
+def _fit_phases(method:str, kw:dict, st) -> dict:
+    "AMED's and DiffMP's phase epochs shrunk to fit the epochs matched to SigmaQuant (a short SigmaQuant run leaves them less)."
+    e = kw.get("epochs")
+    if e is None or method not in ("amed", "diffmp"): return {}
+    get = lambda k: kw[k] if k in kw else st.int(method, k)
+    if method == "amed": return dict(finetune_epochs=min(get("finetune_epochs"), max(e - get("step_epochs"), 0)))
+    pe = min(get("precision_epochs"), e)
+    return dict(precision_epochs=pe, finetune_epochs=min(get("finetune_epochs"), e - pe))
+
+
 def config_for(it:Item, proto:dict, st, sl:Slices, device:str):
     "The search config of a run item (peers get the epochs of their SigmaQuant run)."
     q, base = proto["qat"], dict(seed=it.seed, device=device)
@@ -233,6 +343,8 @@ def config_for(it:Item, proto:dict, st, sl:Slices, device:str):
         if "epochs" in cls.__dataclass_fields__:
             sq = sl.done(it.match) if it.match else None
             kw["epochs"] = search_epochs(sq) if sq is not None else q["epochs"]
+        kw.update({k: v for k, v in proto.get("overrides", {}).get(it.method, {}).items() if k in cls.__dataclass_fields__})
+        kw.update(_fit_phases(it.method, kw, st))
         c = cls.from_settings(st, **kw)
         if it.method == "uniform": c = replace(c, w_bits=None)       # the widest W/A pair within the budgets
     over = {k: v for k, v in q.items() if k in c.__dataclass_fields__ and k != "epochs"}
@@ -247,9 +359,9 @@ def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=s
     sl = Slices(results, proto, name).open()
     items = make_plan(proto)
     device = resolve_device(proto["device"])
-    data = _data(proto, st)
+    data, fp_data = _data(proto, st)
     tf = sl.root/"timings.json"
-    t = json.loads(tf.read_text()) if tf.exists() else measure_epoch_s(data, proto, device)
+    t = json.loads(tf.read_text()) if tf.exists() else measure_epoch_s(data, proto, device, len(fp_data.y_train))
     atomic_write_json(tf, t)
     todo = [it for it in items if sl.done(it.key) is None]
     # estimates from the measured epoch times, scaled by how long finished runs really took against their estimates
@@ -265,7 +377,9 @@ def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=s
           f"epoch {t['fp32_epoch_s']:.2f} s FP32 / {t['qat_epoch_s']:.2f} s QAT; budget {budget_s:g} s fits {len(fits)} "
           f"({acc:.0f} s estimated), {len(todo) - len(fits)} left for the next call", file=out, flush=True)
     for it in fits: print(f"  {it.group}  {it.key:<34} ~{est[it.key]:6.0f} s", file=out, flush=True)
-    model, fp32 = train_fp32(data, proto, device, sl)
+    model, fp32 = finetune_fp32(fp_data, proto, device, sl, st, progress and sys.stderr.isatty()) if "pretrained" in proto else train_fp32(data, proto, device, sl)
+    del fp_data
+    src = dict(val_from=proto.get("val_from", "train"), preprocess=dict(data.preprocess, source="given" if "mean" in proto else "data"))
     sl.index(items, t)
     ran = []
     for it in fits:
@@ -278,7 +392,7 @@ def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=s
         if part.is_dir() and not resume: shutil.rmtree(part, ignore_errors=True)   # killed before its config was written: nothing to resume
         t0 = time.perf_counter()
         run = lambda resume: search(model, data, cfg, out_dir=sl.runs, name=it.key, resume=resume,
-                                    meta=dict(protocol=sl.digest, item=it.key, group=it.group, model_name=proto["model"]))
+                                    meta=dict(protocol=sl.digest, item=it.key, group=it.group, model_name=proto["model"], **src))
         try: res = run(resume)
         except SQError as e:
             if not resume or ("cannot be resumed" not in str(e) and "other settings" not in str(e)): raise
@@ -298,10 +412,12 @@ def main(argv=None):
     import argparse
     p = argparse.ArgumentParser(description="Time-boxed, resumable CIFAR-10 slices (see benchmarks/slices.py)")
     p.add_argument("--budget-s", type=float, required=True); p.add_argument("--tiny", action="store_true")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default=None, help="gpu (default), tiny (= --tiny), cpu-subset or its twin cpu-subset-tiny")
     p.add_argument("--results", default=None); p.add_argument("--device", default=None)
     a = p.parse_args(argv)
     if not a.budget_s > 0: raise SQError(f"--budget-s {a.budget_s:g} is not a positive number of seconds", "give e.g. --budget-s 540")
-    name = "tiny" if a.tiny else "gpu"
+    if a.tiny and a.protocol not in (None, "tiny"): raise SQError(f"--tiny and --protocol {a.protocol} name two protocols", "give one of them")
+    name = a.protocol or ("tiny" if a.tiny else "gpu")
     proto = dict(PROTOCOLS[name], **({"device": a.device} if a.device else {}))
     results = a.results or ROOT/"slices"/name
     idx = run_plan(proto, name, results, a.budget_s)

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from .core import SQError, Budget, load_settings, seed_everything, resolve_device, atomic_write
 from .data import get_data, check_splits, SplitsWarning
-from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets, data_kwargs, input_data, input_model, run_inputs
+from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets, data_kwargs, input_data, input_model, input_record, run_inputs
 from .models import get_model, check_model_input
 from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
@@ -60,7 +60,7 @@ def _floats(s): return None if s in (None, "") else float(s)
 
 _data_kwargs = data_kwargs   # the one rule for get_data's keywords (options.data_kwargs)
 
-_DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "download"]
+_DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "val_from", "mean", "std", "download"]
 _BUDGET_OPTS = ["max_acc_drop", "size_frac", "energy_frac", "latency_frac", "bops_frac"]
 _SEARCH_OPTS = ["bits", "act_bits", "quantizer", "fp_epochs", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "lr", "batch_size",
                 "pin_first_last", "seed"]
@@ -130,7 +130,7 @@ def _resume_setup(a, st):
     run_opts = option_values(a, ["device", "threads"])
     if run_opts["device"]: cfg = replace(cfg, device=run_opts["device"])
     if run_opts["threads"]: torch.set_num_threads(run_opts["threads"])
-    meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit", "val_frac")}
+    meta = {k: conf.get(k) for k in ("model_name", "data_arg", "image_size", "limit", "val_frac", "val_from", "preprocess")}
     data, _ = input_data(run_inputs(conf), st, progress=not a.quiet)
     model = get_model(meta["model_name"], data.num_classes, data.in_shape); model.load_state_dict(fsd)
     return cfg, data, model, meta
@@ -161,12 +161,12 @@ def cmd_search(a, out=None) -> int:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out, create=False)   # --out is made when the run starts
     # one input-setup path with sweeps and the explorer (options.input_data / input_model); splits too small are refused there
     inp = InputConfig(**{k: (d if k in ("data", "fp_epochs") else v)[k] for k in ("data", "model", "weights", "image_size", "sha256", "limit",
-                                                                             "val_frac", "fp_epochs", "download")})
+                                                                             "val_frac", "val_from", "mean", "std", "fp_epochs", "download")})
     data, model_name = input_data(inp, st, progress=not a.quiet)
     check_budgets(get_model(model_name, data.num_classes, data.in_shape), data, cfg)   # a budget below the floor: refused before training
     model = input_model(inp, data, model_name, st, batch_size=cfg.batch_size, seed=d["seed"], device=d["device"], progress=not a.quiet)
     return _run_search(a, out, cfg, data, model, dict(model_name=model_name, data_arg=d["data"], image_size=v["image_size"], limit=v["limit"],
-                                                      val_frac=v["val_frac"]))
+                                                      val_frac=v["val_frac"], **input_record(inp, data, st)))
 
 def _run_search(a, out, cfg, data, model, meta) -> int:
     stop = threading.Event()

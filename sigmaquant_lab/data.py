@@ -19,10 +19,10 @@ from tqdm import tqdm
 from .core import SQError, load_settings, resolve_device
 
 # %% auto #0
-__all__ = ['CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'check_splits', 'SplitsWarning', 'stratified_split',
-           'channel_stats', 'load_digits_bundle', 'file_sha256', 'decode_imagefolder', 'load_imagefolder_bundle',
-           'make_toy_imagefolder', 'zip_folder', 'data_roots', 'find_cifar10', 'read_cifar10_batches', 'load_cifar10',
-           'get_data']
+__all__ = ['VAL_FROM', 'CIFAR10_URL', 'DATA_NAMES', 'TensorLoader', 'DataBundle', 'check_splits', 'SplitsWarning',
+           'stratified_split', 'channel_stats', 'load_digits_bundle', 'file_sha256', 'decode_imagefolder',
+           'load_imagefolder_bundle', 'make_toy_imagefolder', 'zip_folder', 'data_roots', 'find_cifar10',
+           'read_cifar10_batches', 'load_cifar10', 'get_data']
 
 # %% ../nbs/04_data.ipynb #4d46d61e
 def _augment(x:torch.Tensor, # Float batch (B, C, H, W)
@@ -99,7 +99,7 @@ class DataBundle:
     name:str # Dataset name, e.g. "digits", "cifar10"
     x_train:torch.Tensor # Training inputs (N, C, H, W), uint8 or float
     y_train:torch.Tensor # Training labels (N,), int64
-    x_val:torch.Tensor # Validation inputs, carved from the training data
+    x_val:torch.Tensor # Validation inputs, carved from the training data (or the test data: `val_from="test"`)
     y_val:torch.Tensor # Validation labels
     x_test:torch.Tensor # Test inputs
     y_test:torch.Tensor # Test labels
@@ -107,7 +107,7 @@ class DataBundle:
     in_shape:tuple # Input shape (C, H, W)
     classes:list # Class names, index = label
     augment:bool=False # Augment training batches by default (random crop pad 4 + flip)
-    mean:tuple|None=None # Per-channel mean applied by loaders (None: inputs are already normalised)
+    mean:tuple|None=None # Per-channel mean applied by loaders, in the units of the stored inputs (uint8: 0-255; None: inputs are already normalised)
     std:tuple|None=None # Per-channel std applied by loaders
     origin:dict|None=None # How `options.input_data` made it (data, image_size, limit, val_frac): a run record reloads the same splits from it
     _on_device:dict=field(default_factory=dict, init=False, repr=False, compare=False)
@@ -168,6 +168,38 @@ def loader(self:DataBundle, split:str, # "train", "val" or "test"
     augment = (self.augment and split == "train") if augment is None else augment
     return TensorLoader(x, y, batch_size, shuffle=shuffle, seed=seed, augment=augment,
                         mean=self.mean, std=self.std, drop_last=drop_last)
+
+# %% ../nbs/04_data.ipynb #pp01ex01
+import dataclasses
+
+def _unit(x:torch.Tensor) -> float: return 255.0 if x.dtype == torch.uint8 else 1.0   # uint8 images: torchvision's [0, 1] is x / 255
+
+def _channel_values(v, name:str, positive:bool=False) -> tuple|None:
+    "A per-channel tuple of finite floats from a tuple or a comma-separated string (None/'' stays None)."
+    if v is None or (isinstance(v, str) and not v.strip()): return None
+    try: t = tuple(float(x) for x in (v.replace(" ", "").split(",") if isinstance(v, str) else v))
+    except (TypeError, ValueError): raise SQError(f"{name}={v!r} is not a list of numbers", f"give {name} per channel, e.g. {name}=0.485,0.456,0.406") from None
+    if not t or not all(math.isfinite(x) for x in t) or (positive and min(t) <= 0):
+        raise SQError(f"{name}={v!r} is not a list of finite{' positive' if positive else ''} numbers", f"give {name} per channel, e.g. {name}=0.229,0.224,0.225")
+    return t
+
+@patch
+def normalized_as(self:DataBundle, mean, # Per-channel mean of RGB in [0, 1] (torchvision's units), tuple or "0.485,0.456,0.406"
+                  std # Per-channel std in the same units
+                 ) -> DataBundle:
+    "A copy normalised as torchvision's `ToTensor()` + `Normalize(mean, std)` would (mean/std in [0, 1] units)."
+    mean, std = _channel_values(mean, "mean"), _channel_values(std, "std", positive=True)
+    if (mean is None) != (std is None): raise SQError(f"only {'mean' if std is None else 'std'} was given", "give both mean and std (one value per channel), or neither")
+    if mean is None: return self
+    k = _unit(self.x_train)
+    return dataclasses.replace(self, mean=tuple(k*m for m in mean), std=tuple(k*s for s in std))
+
+@patch(as_prop=True)
+def preprocess(self:DataBundle) -> dict|None:
+    "The bundle's normalisation in torchvision's units (mean/std of inputs scaled to [0, 1]); None: none."
+    if self.mean is None: return None
+    k = _unit(self.x_train)
+    return dict(mean=[m / k for m in self.mean], std=[s / k for s in self.std], units="0-1" if k == 255 else "as stored")
 
 # %% ../nbs/04_data.ipynb #dg01
 @patch
@@ -286,17 +318,28 @@ def channel_stats(x:torch.Tensor, # Inputs (N, C, H, W)
     return tuple(mean.tolist()), tuple(std.tolist())
 
 # %% ../nbs/04_data.ipynb #440c7e9b
-def _carve(x, y, val_frac, seed, test=None, test_frac=0.2):
-    "Split arrays into train/val/test: test carved first when `test` is None, then val from train."
+VAL_FROM = ("train", "test")
+
+def _check_val_from(v):
+    if v not in VAL_FROM: raise SQError(f"val_from={v!r} is not one of {', '.join(VAL_FROM)}",
+                                        "give val_from=train (validation carved from the training split) or test (from the test split)")
+    return v
+
+def _carve(x, y, val_frac, seed, test=None, test_frac=0.2, val_from="train"):
+    "Split arrays into train/val/test: test carved first when `test` is None, then val (per class) from train, or from test."
     if test is None:
         keep, held = map(torch.from_numpy, stratified_split(y, test_frac, seed))
         test = (x[held], y[held]); x, y = x[keep], y[keep]
+    if _check_val_from(val_from) == "test":   # a model trained on every training image: judge it on images it never saw
+        keep, held = map(torch.from_numpy, stratified_split(test[1], val_frac, seed + 1))
+        return (x, y), (test[0][held], test[1][held]), (test[0][keep], test[1][keep])
     keep, held = map(torch.from_numpy, stratified_split(y, val_frac, seed + 1))
     return (x[keep], y[keep]), (x[held], y[held]), test
 
 def load_digits_bundle(val_frac:float=0.2, # Fraction of the training split held out for validation
                        test_frac:float=0.2, # Fraction of all samples held out for test
-                       seed:int=0 # Seed of the splits
+                       seed:int=0, # Seed of the splits
+                       val_from:str="train" # Where validation is carved from: train | test (then `val_frac` of the test split)
                       ) -> DataBundle:
     "scikit-learn digits as a `DataBundle` (1×8×8, 10 classes, stratified splits)."
     from sklearn.datasets import load_digits
@@ -304,7 +347,7 @@ def load_digits_bundle(val_frac:float=0.2, # Fraction of the training split held
     x = torch.from_numpy(d.images.astype(np.uint8)).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     (xtr, ytr), (xva, yva), (xte, yte) = _carve(x, y, _check_split_frac("val_frac", val_frac), seed,
-                                                test_frac=_check_split_frac("test_frac", test_frac))
+                                                test_frac=_check_split_frac("test_frac", test_frac), val_from=val_from)
     mean, std = channel_stats(xtr)
     return DataBundle("digits", xtr, ytr, xva, yva, xte, yte, num_classes=10, in_shape=(1, 8, 8),
                       classes=[str(i) for i in range(10)], augment=False, mean=mean, std=std)
@@ -516,16 +559,17 @@ def load_imagefolder_bundle(path:str|Path, # ImageFolder tree (train/ + test/, o
                             test_frac:float=0.2, # Flat trees only: fraction held out for test
                             name:str|None=None, # Bundle name (default: the file or folder name)
                             augment:bool=True, # Augment training batches by default
+                            val_from:str="train", # Where validation is carved from: train | test (`val_frac` of the test split, per class)
                             progress:bool=True # Show a progress bar while decoding
                            ) -> DataBundle:
     "An ImageFolder tree or zip as a `DataBundle` of uint8 RGB images, decoded once and cached."
     val_frac, test_frac = _check_split_frac("val_frac", val_frac), _check_split_frac("test_frac", test_frac)
     d = decode_imagefolder(path, sha256=sha256, image_size=image_size, cache_dir=cache_dir,
                            limit_per_class=limit_per_class, progress=progress)
-    if "x_all" in d: tr, va, te = _carve(d["x_all"], d["y_all"], val_frac, seed, test_frac=test_frac)
+    if "x_all" in d: tr, va, te = _carve(d["x_all"], d["y_all"], val_frac, seed, test_frac=test_frac, val_from=val_from)
     else:
         perm = torch.from_numpy(np.random.default_rng(seed).permutation(len(d["y_test"])))
-        tr, va, te = _carve(d["x_train"], d["y_train"], val_frac, seed, test=(d["x_test"][perm], d["y_test"][perm]))
+        tr, va, te = _carve(d["x_train"], d["y_train"], val_frac, seed, test=(d["x_test"][perm], d["y_test"][perm]), val_from=val_from)
     mean, std = channel_stats(tr[0])
     return DataBundle(name or Path(path).stem, *tr, *va, *te, num_classes=len(d["classes"]),
                       in_shape=tuple(tr[0].shape[1:]), classes=d["classes"], augment=augment, mean=mean, std=std)
@@ -625,7 +669,7 @@ def load_cifar10(settings=None, # `Settings` (default: `load_settings()`)
         raise SQError(f"CIFAR-10 not found in {roots} (looked for cifar-10-batches-py/, cifar-10-python.tar.gz and {s.str('data', 'cifar10_zip')})",
                       f"put one of them in {data_roots(s)[0]}, set [data] root or extra_roots in settings.ini, pass --data PATH/TO/cifar10-jpg.zip, "
                       f"or fetch it online (CLI: --download; Python: get_data('cifar10', download=True))")
-    base = dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed"))
+    base = dict(val_frac=s.float("data", "val_frac"), seed=s.int("data", "seed"), val_from=s.str("data", "val_from"))
     if p.suffix == ".zip":
         kw = dict(base, sha256=s.str("data", "cifar10_sha256") or None, cache_dir=s.path_("data", "cache"), name="cifar10") | kw
         return load_imagefolder_bundle(p, **kw)
@@ -642,7 +686,7 @@ def load_cifar10(settings=None, # `Settings` (default: `load_settings()`)
         for sp in ("train", "test"): d[f"x_{sp}"] = resize(d[f"x_{sp}"], hw, antialias=True)
     vf = _check_split_frac("val_frac", kw["val_frac"])
     perm = torch.from_numpy(np.random.default_rng(kw["seed"]).permutation(len(d["y_test"])))
-    tr, va, te = _carve(d["x_train"], d["y_train"], vf, kw["seed"], test=(d["x_test"][perm], d["y_test"][perm]))
+    tr, va, te = _carve(d["x_train"], d["y_train"], vf, kw["seed"], test=(d["x_test"][perm], d["y_test"][perm]), val_from=kw["val_from"])
     mean, std = channel_stats(tr[0])
     return DataBundle("cifar10", *tr, *va, *te, num_classes=len(d["classes"]), in_shape=tuple(tr[0].shape[1:]), classes=d["classes"],
                       augment=True, mean=mean, std=std)
@@ -653,10 +697,17 @@ DATA_NAMES = ("digits", "cifar10")
 def get_data(name:str, # "digits", "cifar10", or a path to an ImageFolder folder or .zip
              settings=None, # `Settings` (default: `load_settings()`); gives val_frac, seed, cache and the data roots
              progress:bool|None=None, # Progress bar while decoding images (digits has nothing to decode; None: the loader's default)
-             **kw # Passed to the loader (e.g. image_size, limit_per_class, val_frac, seed)
+             mean=None, # Normalisation the model was trained with, per channel, torchvision's units (RGB in [0, 1]); None: [data] mean (empty: the training split's own)
+             std=None, # Its std, same units; None: [data] std
+             **kw # Passed to the loader (e.g. image_size, limit_per_class, val_frac, val_from, seed)
             ) -> DataBundle:
-    "A `DataBundle` by name or path."
+    "A `DataBundle` by name or path, normalised as the settings or `mean`/`std` say."
     s = settings or load_settings()
+    if mean is None and std is None: mean, std = s.raw("data", "mean"), s.raw("data", "std")
+    kw.setdefault("val_from", s.str("data", "val_from"))
+    return _get_data(name, s, progress, **kw).normalized_as(mean, std)
+
+def _get_data(name, s, progress, **kw) -> DataBundle:
     key = str(name).strip()
     if progress is not None and key.lower() != "digits": kw["progress"] = progress
     if key.lower() == "digits":

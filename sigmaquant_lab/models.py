@@ -6,6 +6,9 @@ Docs: https://example.invalid/sigmaquant-lab/docs/models.html.md"""
 
 # %% ../nbs/05_models.ipynb #55840e65
 from __future__ import annotations
+import os, pickle
+from collections.abc import Mapping
+from pathlib import Path
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -15,7 +18,7 @@ from .hardware import forward_once
 
 # %% auto #0
 __all__ = ['MODEL_NAMES', 'ConvBNReLU', 'DigitsCNN', 'PadShortcut', 'BasicBlock', 'CifarResNet', 'resnet20',
-           'torchvision_model_names', 'replace_first_conv_', 'check_model_input', 'get_model']
+           'torchvision_model_names', 'replace_first_conv_', 'check_model_input', 'get_model', 'load_weights_']
 
 # %% ../nbs/05_models.ipynb #a2d33575
 class ConvBNReLU(nn.Sequential):
@@ -173,3 +176,86 @@ def get_model(name:str, # "digits_cnn", "resnet20", or a torchvision classificat
         some = ", ".join([*MODEL_NAMES, "resnet18", "mobilenet_v3_small", "efficientnet_b0"])
         raise SQError(f"unknown model {name!r}", f"use one of {some}, or any name from torchvision.models.list_models()")
     return check_model_input(model, in_shape, num_classes, name=key) if check else model
+
+# %% ../nbs/05_models.ipynb #lw01ex01
+_WRAPPERS = ("state_dict", "model_state_dict", "model", "net")   # keys checkpoints nest their state_dict under
+_PREFIXES = ("module.", "_orig_mod.")                              # nn.DataParallel / DistributedDataParallel, torch.compile
+_FIX = "pass a file saved with torch.save(model.state_dict(), FILE) (or a dict holding it under 'state_dict')"
+
+def _nbt(k:str) -> bool: return k.endswith("num_batches_tracked")
+
+def _read_weights(weights, what:str):
+    "The object a checkpoint file holds (tensors and plain containers only), or `weights` itself."
+    if not isinstance(weights, (str, os.PathLike)): return weights
+    p = Path(weights).expanduser()
+    if not p.is_file(): raise SQError(f"weights file {p} does not exist", "pass the path of a checkpoint saved with torch.save (CLI: --weights FILE)")
+    try: return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "unsupported global" in str(e).lower():   # a pickled class or module: weights_only refuses to import it
+            raise SQError(f"weights {what} hold Python objects other than tensors (a pickled model or class), which are not loaded",
+                          "save model.state_dict() instead, or load the file yourself with torch.load(FILE, weights_only=False) if you trust it and pass its state_dict") from None
+        raise SQError(f"weights {what} is not a torch checkpoint (unpickling failed)", _FIX) from None
+    except Exception as e:
+        raise SQError(f"weights {what} is not a torch checkpoint ({e.__class__.__name__})", _FIX) from None
+
+def _state_dict_of(obj, what:str) -> dict:
+    "The `{name: tensor}` inside a checkpoint object: unwrapped, prefix stripped; an SQError for anything else."
+    for _ in range(3):   # {"state_dict": ...}, at most a few levels deep
+        if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()): break
+        k = next((k for k in _WRAPPERS if isinstance(obj.get(k), Mapping)), None)
+        if k is None: break
+        obj = obj[k]
+    if isinstance(obj, torch.Tensor):
+        raise SQError(f"weights {what} hold a bare tensor of shape {tuple(obj.shape)}, not a state_dict", _FIX)
+    if not isinstance(obj, Mapping):
+        raise SQError(f"weights {what} hold a {type(obj).__name__}, not a state_dict (a dict of tensors)", _FIX)
+    bad = [str(k) for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if not obj or len(bad) == len(obj):
+        raise SQError(f"weights {what} hold a dict without tensors (keys: {', '.join(map(str, list(obj)[:5])) or 'none'})", _FIX)
+    if bad: raise SQError(f"weights {what} hold entries that are not tensors: {', '.join(bad[:5])}", _FIX)
+    sd = dict(obj)
+    for p in _PREFIXES:
+        if all(k.startswith(p) for k in sd): sd = {k[len(p):]: v for k, v in sd.items()}
+    return sd
+
+def _renames(src:dict, dst:dict) -> tuple[dict|None, str]:
+    "({source key: model key}, '') when the two lists pair up by order, shape and kind, touching no name both sides have; else (None, why)."
+    if len(src) != len(dst): return None, f"{len(src)} entries against the model's {len(dst)}"
+    out = {}
+    for (ks, vs), (kd, vd) in zip(src.items(), dst.items()):
+        if ks == kd: continue
+        if ks in dst or kd in src: return None, f"{ks} and {kd} stand at the same place in another order"
+        if ks.rpartition(".")[2] != kd.rpartition(".")[2] or tuple(vs.shape) != tuple(vd.shape):
+            return None, f"{ks} {tuple(vs.shape)} cannot be the model's {kd} {tuple(vd.shape)}"
+        out[ks] = kd
+    return out, ""
+
+def load_weights_(model:nn.Module, # Model to load into (changed in place)
+                  weights, # Checkpoint file, or an object as torch.load returns it (a state_dict, maybe wrapped)
+                  name:str|None=None # Model name for messages (default: class name)
+                 ) -> nn.Module:
+    "Load a float checkpoint into `model` as it was saved (wrapped, `module.`-prefixed, renamed head, old BatchNorm); a real mismatch is an SQError naming the keys."
+    what = str(weights) if isinstance(weights, (str, os.PathLike)) else f"({type(weights).__name__})"
+    name = name or model.__class__.__name__
+    sd = _state_dict_of(_read_weights(weights, what), what)
+    own = model.state_dict()
+    src = {k: v for k, v in sd.items() if not _nbt(k)}
+    dst = {k: v for k, v in own.items() if not _nbt(k)}
+    shape = [k for k in src.keys() & dst.keys() if tuple(src[k].shape) != tuple(dst[k].shape)]
+    if shape:
+        k = sorted(shape)[0]
+        raise SQError(f"weights {what} do not fit model {name}: {len(shape)} entries differ in shape, e.g. {k} {tuple(src[k].shape)} vs {tuple(dst[k].shape)} in the model",
+                      "pass weights saved from the same architecture (and number of classes)")
+    ren = {}
+    if src.keys() != dst.keys():
+        ren, why = _renames(src, dst)
+        if ren is None:
+            extra, miss = [k for k in src if k not in dst], [k for k in dst if k not in src]
+            raise SQError(f"weights {what} do not fit model {name}: {len(extra)} entries the model lacks ({', '.join(extra[:4])}{', ...' if len(extra) > 4 else ''}), "
+                          f"{len(miss)} it needs ({', '.join(miss[:4])}{', ...' if len(miss) > 4 else ''}), not pairable by order and shape ({why})",
+                          "pass weights saved from the same architecture, or rename the keys to the model's (model.state_dict().keys())")
+    new = {ren.get(k, k): v for k, v in src.items()}
+    for k, v in own.items():   # BatchNorm counters: the checkpoint's where it has them under the same name, else the model's own
+        if _nbt(k): new[k] = sd.get(k, v)
+    model.load_state_dict(new)
+    return model

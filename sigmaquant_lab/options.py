@@ -24,8 +24,8 @@ from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
 __all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'widget_bounds',
-           'parse_field', 'set_field', 'parse_path', 'apply_sets', 'data_kwargs', 'input_data', 'run_inputs',
-           'input_model']
+           'parse_field', 'set_field', 'parse_path', 'apply_sets', 'data_kwargs', 'input_data', 'input_record',
+           'run_inputs', 'input_model']
 
 # %% ../nbs/11a_options.ipynb #op05aa
 @dataclass(frozen=True)
@@ -37,7 +37,10 @@ class InputConfig:
     image_size:int|None=None # Resize ImageFolder images to this size in pixels (default: keep; all must match)
     sha256:str|None=None # Expected sha256 of a --data zip
     limit:int|None=None # Keep only this many training images (quick tries; validation and test shrink alike)
-    val_frac:float|None=None # Fraction of the training images held out for validation
+    val_frac:float|None=None # Fraction held out for validation, per class, from the split --val-from names
+    val_from:str|None=None # Where validation is carved from: train, or test (accuracy then reported on the rest of the test split; for a model pretrained on every training image)
+    mean:tuple|None=None # Normalisation the model was trained with: per-channel mean of RGB scaled to [0, 1], as torchvision's Normalize (empty: the training split's own)
+    std:tuple|None=None # Per-channel std, same units (give with --mean)
     fp_epochs:int|None=None # Epochs to train the float model when no weights are given
     download:bool=False # Fetch CIFAR-10 with torchvision's downloader when no data root holds it (needs internet)
     def __post_init__(self):   # the option spec's bounds (OPTIONS below), also for the Python API: limit=0 is refused, not ignored
@@ -63,7 +66,7 @@ class Opt:
     "One option: the config field it sets, how it parses, its meaningful values and its settings.ini default."
     owner:type # Dataclass whose documented field it sets (its comment is the help)
     name:str # Field name; the flag is --name with dashes
-    kind:str # int | float | optfloat | str | ints | choice | flag (on when given)
+    kind:str # int | float | optfloat | str | ints | floats | choice | flag (on when given)
     lo:float|None=None # Smallest meaningful value (None: no bound)
     hi:float|None=None # Largest meaningful value (None: no bound)
     lo_open:bool=False # Exclude `lo` itself (fractions, rates)
@@ -86,7 +89,7 @@ class Opt:
         if self.choices: return "one of " + ", ".join(map(str, self.choices))
         lo = None if self.lo is None else (f"> {self.lo:g}" if self.lo_open else f">= {self.lo:g}")
         hi = None if self.hi is None else f"<= {self.hi:g}"
-        each = "each " if self.kind == "ints" else ""
+        each = "each " if self.kind in ("ints", "floats") else ""
         return each + " and ".join(x for x in (lo, hi) if x) if (lo or hi) else ""
 
     def help(self) -> str:
@@ -97,7 +100,7 @@ class Opt:
         return h.replace("%", "%%")
 
     def _bad(self, raw, why):
-        want = self.bounds() or {"int": "an integer", "float": "a number", "optfloat": "a number", "ints": "integers"}.get(self.kind, "a value")
+        want = self.bounds() or {"int": "an integer", "float": "a number", "optfloat": "a number", "ints": "integers", "floats": "numbers"}.get(self.kind, "a value")
         eg = self.eg or {"int": "3", "float": "0.5", "optfloat": "0.5", "ints": "2,4,6,8"}.get(self.kind, "")
         return SQError(f"{self.flag} {raw} is {why}", f"give {self.flag} {want}" + (f", e.g. {self.flag} {eg}" if eg and not self.choices else "") + " or leave it out")
 
@@ -119,17 +122,17 @@ class Opt:
         if self.kind == "choice":
             if s not in self.choices: raise self._bad(repr(s), "not a known choice")
             return s
-        if self.kind == "optfloat" and s.lower() in ("", "none"): return None
+        if self.kind in ("optfloat", "floats") and s.lower() in ("", "none"): return None
         try:
             if self.kind == "int": v = int(s)
             elif self.kind in ("float", "optfloat"): v = float(s)
-            elif self.kind == "ints":
-                v = parse_list(s)
+            elif self.kind in ("ints", "floats"):
+                v = parse_list(s, int if self.kind == "ints" else float)
                 if not v: raise ValueError
             else: raise SQError(f"option kind {self.kind!r} is unknown", "use int, float, optfloat, str, ints or choice")
         except ValueError:
-            raise self._bad(repr(s), "not " + {"int": "an integer", "ints": "a comma-separated list of integers"}.get(self.kind, "a number")) from None
-        if self.kind == "ints":
+            raise self._bad(repr(s), "not " + {"int": "an integer", "ints": "a comma-separated list of integers", "floats": "a comma-separated list of numbers"}.get(self.kind, "a number")) from None
+        if self.kind in ("ints", "floats"):
             for x in v: self._check(s, x)
             return v
         return self._check(s, v)
@@ -152,6 +155,9 @@ OPTIONS = {o.dest: o for o in [
     Opt(_I, "data", "str", setting="data.dataset"), Opt(_I, "model", "str"), Opt(_I, "weights", "str"),
     Opt(_I, "image_size", "int", lo=1, eg="32"), Opt(_I, "sha256", "str"), Opt(_I, "limit", "int", lo=1, eg="500"),
     Opt(_I, "val_frac", "float", lo=0, hi=0.9, lo_open=True, setting="data.val_frac"),
+    Opt(_I, "val_from", "choice", choices=("train", "test"), setting="data.val_from"),
+    Opt(_I, "mean", "floats", lo=0, hi=1, setting="data.mean", eg="0.485,0.456,0.406"),
+    Opt(_I, "std", "floats", lo=0, lo_open=True, setting="data.std", eg="0.229,0.224,0.225"),
     Opt(_I, "fp_epochs", "int", lo=1, setting="train.fp_epochs", eg="15"), Opt(_I, "download", "flag"),
     # budgets (fractions of the INT8 reference)
     Opt(_B, "max_acc_drop", "float", lo=0, hi=1),
@@ -289,7 +295,7 @@ def apply_sets(cfg, # A config dataclass instance
     return cfg
 
 # %% ../nbs/11a_options.ipynb #op13bb
-def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None, download=False) -> dict:
+def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None, download=False, val_from=None, mean=None, std=None) -> dict:
     "Keyword arguments for `get_data`; digits has no image size or checksum to take, only CIFAR-10 can be downloaded."
     if download and str(data_arg).lower() != "cifar10":
         raise SQError(f"--download fetches CIFAR-10 only, not {data_arg}", "drop --download, or use --data cifar10")
@@ -299,6 +305,8 @@ def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=No
         extra = {}
     else: extra = {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v is not None}
     if val_frac is not None: extra["val_frac"] = val_frac
+    if val_from is not None: extra["val_from"] = val_from
+    if mean is not None or std is not None: extra.update(mean=mean, std=std)   # given: both (one alone is refused by get_data)
     if download: extra["download"] = True
     return dict(progress=not quiet, **extra)
 
@@ -310,18 +318,35 @@ def input_data(inp:InputConfig, # Where the data comes from
     "(data bundle, model name): the data loaded, limited and checked (splits large enough), the model name resolved."
     st = settings or load_settings()
     name = inp.data or OPTIONS["data"].default(st)
-    data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac, inp.download))
+    data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac, inp.download, inp.val_from, inp.mean, inp.std))
     limit = inp.limit or (train_cap if train_cap is not None and len(data.y_train) > train_cap else None)
     if limit: data = data.subset(limit)
-    data.origin = dict(data=name, image_size=inp.image_size, limit=limit, val_frac=inp.val_frac)   # recorded by runs (`run_inputs`)
+    d = lambda k: getattr(inp, k) if getattr(inp, k) is not None else OPTIONS[k].default(st)   # the settings' value where none was given
+    data.origin = dict(data=name, image_size=inp.image_size, limit=limit, val_frac=inp.val_frac, val_from=d("val_from"),
+                       mean=d("mean"), std=d("std"))   # recorded by runs: `run_inputs` rebuilds the same splits and preprocessing
     check_splits(data)
     return data, inp.model or ("digits_cnn" if data.name == "digits" else "resnet20")
 
+def input_record(inp:InputConfig, # What the user asked for
+                 data, # The data bundle `input_data` built from it
+                 settings=None) -> dict:
+    "The facts a run records about its input beyond the data's name: where validation came from and the preprocessing (torchvision's units)."
+    st = settings or load_settings()
+    given = inp.mean is not None or OPTIONS["mean"].default(st) is not None
+    return dict(val_from=inp.val_from or OPTIONS["val_from"].default(st),
+                preprocess=dict(getattr(data, "preprocess", None) or {}, source="given" if given else "data") if getattr(data, "mean", None) is not None else None)
+
+_INPUT_KEYS = ("data", "image_size", "limit", "val_frac", "val_from", "mean", "std")
+
 def run_inputs(conf:dict # A run's config.json
               ) -> InputConfig:
-    "The inputs a run record names (its data's `origin`; older records: `data_arg`, `image_size`, `limit`, `val_frac`): the same splits for resume and export checks."
-    src = conf.get("inputs") or dict(data=conf.get("data_arg") or conf.get("data"), **{k: conf.get(k) for k in ("image_size", "limit", "val_frac")})
-    return InputConfig(**{k: src.get(k) for k in ("data", "image_size", "limit", "val_frac")})
+    "The inputs a run record names (its data's `origin`; older records: the flags they kept): the same splits and preprocessing for resume and export checks."
+    src = conf.get("inputs")
+    if src is None:
+        pre = conf.get("preprocess") if (conf.get("preprocess") or {}).get("source") == "given" else {}   # the data's own statistics are measured again
+        src = dict(data=conf.get("data_arg") or conf.get("data"), **{k: conf.get(k) for k in ("image_size", "limit", "val_frac", "val_from")},
+                   mean=pre.get("mean"), std=pre.get("std"))
+    return InputConfig(**{k: (tuple(src[k]) if isinstance(src.get(k), list) else src.get(k)) for k in _INPUT_KEYS})
 
 def input_model(inp:InputConfig, data, model_name:str, settings=None, *, batch_size:int|None=None, seed:int|None=None,
                 device:str="cpu", progress:bool=False) -> nn.Module:

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from .core import SQError, ini_defaults, ini_kwargs, load_settings, Cancelled, resolve_device, seed_everything, atomic_write
 from .quant import observing, bad_steps
-from .models import get_model, check_model_input
+from .models import get_model, check_model_input, load_weights_
 
 # %% auto #0
 __all__ = ['OPTIMIZERS', 'SCHEDULES', 'TrainConfig', 'param_groups', 'make_optimizer', 'make_scheduler', 'logits',
@@ -202,7 +202,7 @@ def calibrate_(model:nn.Module, # Quantized (or float) model, changed in place
 # %% ../nbs/06_train.ipynb #600701cd
 def float_model(data, # DataBundle
                 model_name:str, # Model name for `get_model`
-                *, weights:str|None=None, # Path to a float state_dict to load instead of training
+                *, weights:str|None=None, # Float checkpoint to load instead of training (`load_weights_`: wrapped, `module.`-prefixed, renamed head)
                 epochs:int|None=None, # Epochs (None: settings.ini [train] fp_epochs)
                 lr:float|None=None, # Peak one-cycle learning rate (None: [train] fp_lr)
                 weight_decay:float|None=None, # (None: [train] fp_weight_decay)
@@ -223,12 +223,7 @@ def float_model(data, # DataBundle
     seed_everything(seed)
     model = get_model(model_name, data.num_classes, data.in_shape)
     check_model_input(model, data.in_shape)
-    if weights is not None:
-        try: sd = torch.load(weights, map_location="cpu", weights_only=True)
-        except Exception as e: raise SQError(f"cannot load weights {weights} ({e.__class__.__name__})", "pass a state_dict saved with torch.save") from None
-        try: model.load_state_dict(sd.get("state_dict", sd) if isinstance(sd, dict) else sd)
-        except RuntimeError as e: raise SQError(f"weights {weights} do not fit model {model_name}: {str(e).splitlines()[0]}", "pass weights saved from the same model") from None
-        return model
+    if weights is not None: return load_weights_(model, weights, name=model_name)   # as saved: wrapped, prefixed, renamed head, old BatchNorm
     # keyed by the data's content (`DataBundle.digest`) and the recipe: other or edited data trains its own model
     key = f"fp32-{data.name}-{model_name}-{data.digest()}-onecycle-e{epochs}-lr{lr}-wd{wd:g}-ls{ls:g}-{recipe.optimizer}{recipe.momentum:g}-b{batch_size}-s{seed}.pt".replace("/", "_")
     path = Path(cache_dir)/key if cache_dir is not None else None

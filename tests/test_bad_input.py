@@ -23,7 +23,7 @@ nothing half-written. Kinds covered (file::test):
 20 missing dataset path                          test_cli [--data /nonexistent/imagefolder]
 21 malformed --bits                              test_cli [--bits two]
 22 negative epochs, pin outside the set          test_cli [--e1 -1], [--pin-first-last 5]
-23 weights file that does not fit the model      test_weights_that_do_not_fit
+23 weights file that does not fit the model      test_weights_that_do_not_fit (also a list, a bare tensor, no file)
 24 a --data .zip that is not a zip               test_not_a_zip
 25 unknown search method / KL / σ normalisation  test_unknown_method_and_normalisations
 26 one-class dataset; labels beyond the outputs  test_one_class_dataset, nbs/04_data (check_splits), nbs/04b_dataforms
@@ -104,8 +104,31 @@ def test_weights_that_do_not_fit(tmp_path):
     torch.save(nn.Linear(3, 3).state_dict(), tmp_path/"w.pt")
     one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"w.pt"), "--out", str(tmp_path/"runs")], tmp_path), "do not fit")
     (tmp_path/"junk.pt").write_text("not a checkpoint")
-    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"junk.pt"), "--out", str(tmp_path/"runs")], tmp_path), "cannot load weights")
+    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"junk.pt"), "--out", str(tmp_path/"runs")], tmp_path), "is not a torch checkpoint")
+    # issue 20 item 5: a pickled list or a bare tensor is one line too, not a TypeError
+    torch.save([1, 2, 3], tmp_path/"list.pt"); torch.save(torch.zeros(4), tmp_path/"tensor.pt")
+    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"list.pt"), "--out", str(tmp_path/"runs")], tmp_path), "hold a list, not a state_dict")
+    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"tensor.pt"), "--out", str(tmp_path/"runs")], tmp_path), "bare tensor of shape (4,)")
+    one_clear_line(cli(["search", *QUICK, "--weights", str(tmp_path/"none.pt"), "--out", str(tmp_path/"runs")], tmp_path), "does not exist")
     nothing_written(tmp_path/"runs")
+
+
+def test_weights_as_saved_elsewhere(tmp_path):
+    "A checkpoint saved the way pretrained CIFAR models are shared (wrapped, module.-prefixed, head renamed, no BN counters) loads as it is."
+    from sigmaquant_lab.models import DigitsCNN
+    from sigmaquant_lab.options import InputConfig, input_data, input_model
+    from sigmaquant_lab.core import load_settings
+    ref = DigitsCNN(); torch.nn.init.normal_(ref.fc.weight)
+    sd = {"module." + k.replace("fc.", "classifier."): v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"best_prec1": 0.9, "state_dict": sd}, tmp_path/"ckpt.th")
+    st = load_settings(ROOT/"settings.ini")
+    data, name = input_data(InputConfig(limit=300), st)
+    m = input_model(InputConfig(weights=str(tmp_path/"ckpt.th")), data, name, st)
+    assert torch.equal(m.fc.weight, ref.fc.weight) and torch.equal(m.features[5].bn.running_var, ref.features[5].bn.running_var)
+    bad = dict(sd); bad["module.classifier.weight"] = torch.zeros(10, 63)
+    torch.save({"state_dict": bad}, tmp_path/"bad.th")
+    with pytest.raises(SQError, match="classifier.weight \\(10, 63\\) cannot be the model's fc.weight \\(10, 64\\)"):
+        input_model(InputConfig(weights=str(tmp_path/"bad.th")), data, name, st)
 
 
 def test_not_a_zip(tmp_path):

@@ -35,6 +35,7 @@ def test_main_job_prints_table_and_writes_record(tmp_path):
     assert res["bits"] == bits and set(bits.values()) <= {2, 4, 6, 8}
     cfg = json.loads((run_dir/"config.json").read_text())
     assert cfg["method"] == "sigmaquant" and "sigma_norm" in cfg and cfg["ours"]
+    assert cfg["val_from"] == "train" and cfg["preprocess"]["source"] == "data" and len(cfg["preprocess"]["mean"]) == 1
     events = [json.loads(l) for l in (run_dir/"events.jsonl").read_text().splitlines()]
     assert events[-1]["event"] == "RunFinished" and any(e["event"] == "StepFinished" for e in events)
     # the status line matches the record, and size is what the bit map implies
@@ -78,11 +79,24 @@ def _fails_clearly(r, *needles):
     (["--set", "e3=1"], ["--set e3=1 names no field of SigmaQuantConfig"]),
     (["--set", "e2=two"], ["'two' is not an integer"]),
     (["--pin-first-last", "5"], ["pin_first_last=5"]),
+    # the preprocessing a model was trained with: both or neither, in torchvision's [0, 1] units; validation from train or test
+    (["--mean", "0.5"], ["only mean was given", "std"]),
+    (["--mean", "2", "--std", "1"], ["--mean 2 is too large"]),
+    (["--std", "0,1"], ["--std 0,1 is too small"]),
+    (["--val-from", "val"], ["--val-from 'val' is not a known choice"]),
 ])
 def test_bad_input_fails_with_one_line_and_no_run_dir(tmp_path, args, needles):
     r = run(["search", *QUICK, "--out", str(tmp_path/"runs"), *args], tmp_path)
     _fails_clearly(r, *needles)
     assert not (tmp_path/"runs").exists()       # not even an empty folder: --out is made when a run starts
+
+
+def test_preprocessing_and_validation_source_are_recorded(tmp_path):
+    r = run(["search", *QUICK, "--limit", "600", "--mean", "0.03", "--std", "0.02", "--val-from", "test", "--val-frac", "0.5", "--no-report",
+             "--out", str(tmp_path/"runs"), "--name", "p"], tmp_path)
+    assert r.returncode in (0, 3), r.stderr[-3000:]
+    cfg = json.loads((tmp_path/"runs"/"p"/"config.json").read_text())
+    assert cfg["val_from"] == "test" and cfg["preprocess"] == dict(mean=pytest.approx([0.03]), std=pytest.approx([0.02]), units="0-1", source="given")
 
 
 def test_unwritable_output_dir(tmp_path):

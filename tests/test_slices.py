@@ -71,3 +71,50 @@ def test_refusals(tmp_path):
     pf = res/"protocol.json"; d = json.loads(pf.read_text()); d["digest"] = "0000"; pf.write_text(json.dumps(d))
     r = subprocess.run([*CMD, "--budget-s", "600", "--results", str(res)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "another protocol" in r.stderr, r.stderr[-2000:]
+
+
+def pretrained_available():
+    from sigmaquant_lab.data import data_roots
+    return any((r/"pretrained"/"resnet20-12fca82f.th").exists() for r in data_roots(load_settings(ROOT/"settings.ini")))
+
+
+@pytest.mark.skipif(not pretrained_available(), reason="the shared pretrained ResNet-20 is not on this machine")
+def test_cpu_subset_twin_from_the_pretrained_model(tmp_path):
+    "Issue 23's protocol on its tiny twin: the pretrained model fine-tuned once, validation from the test split, every method at SigmaQuant's epochs."
+    from slices import PROTOCOLS, make_plan
+    res, cmd = tmp_path/"c", [sys.executable, str(ROOT/"benchmarks"/"pareto_cifar10.py"), "--protocol", "cpu-subset-tiny", "--results"]
+    r = subprocess.run([*cmd, str(res), "--budget-s", "3600"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    proto = PROTOCOLS["cpu-subset-tiny"]
+    idx = json.loads((res/"index.json").read_text())
+    want = {it.key for it in make_plan(proto) if it.key != "fp32"}
+    assert runs_in(idx) == want, want ^ runs_in(idx)
+    assert {x["method"] for x in idx["runs"]} == {"sigmaquant", "uniform", "hawq", "amed", "diffmp", "random"}
+    # the fine-tune: from the pretrained file (as loaded it is far above chance), one record per epoch, weights beside it, not in the records
+    fp = json.loads((res/"fp32.json").read_text())
+    assert fp["pretrained"]["file"].endswith("resnet20-12fca82f.th") and fp["loaded"]["test_acc"] > 0.5, fp
+    assert [e["lr"] for e in fp["epochs"]] == list(proto["fp32"]["lrs"]) and fp["train_images"] == proto["ft_limit"]
+    with tarfile.open(res/"records.tar.gz") as tar: assert not [n for n in tar.getnames() if n.endswith(".pt")]
+    by = {x["key"]: x for x in idx["runs"]}
+    for k, x in by.items():
+        conf = json.loads((res/"runs"/k/"config.json").read_text())
+        # the preprocessing the model was trained with and where validation came from, in every record
+        assert conf["val_from"] == "test" and conf["preprocess"]["mean"] == [0.485, 0.456, 0.406] and conf["preprocess"]["source"] == "given"
+        assert conf["pin_first_last"] == 8 and conf["protocol"] == idx["digest"]
+        cell = k.split("-", 1)[1]
+        if "-W" not in k and x["method"] != "sigmaquant": assert x["epochs"] == by[f"sigmaquant-{cell}"]["epochs"], k   # equal epochs per cell
+    res_sq = json.loads((res/"runs"/"sigmaquant-sz0.3-s0"/"result.json").read_text())
+    assert res_sq["costs"]["size_frac"] <= 0.3 + 1e-9
+    # the table is regenerated from the records alone
+    import cifar_subset_table
+    assert cifar_subset_table.main(["--results", str(res), "--out", str(tmp_path/"t.md")]) == 0
+    md = (tmp_path/"t.md").read_text()
+    assert "| size 30.0% of INT8 (A8) | sigmaquant | 1 |" in md and "| W2A8 | 1 |" in md and f"{len(want)} of {len(want)} planned runs finished" in md
+    # the weights are gone (a fresh checkout holds only the records): the fine-tune is rebuilt, checked against its digest, nothing rerun
+    (res/"fp32.pt").unlink()
+    r2 = subprocess.run([*cmd, str(res), "--budget-s", "600"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r2.returncode == 0 and "done " not in r2.stdout and (res/"fp32.pt").exists(), (r2.stdout + r2.stderr)[-2000:]
+    assert json.loads((res/"fp32.json").read_text())["sha"] == fp["sha"]
+    # a results folder of the other protocol is refused
+    r3 = subprocess.run([*CMD, "--budget-s", "600", "--results", str(res)], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    assert r3.returncode == 2 and "another protocol" in r3.stderr, r3.stderr[-2000:]
