@@ -336,7 +336,8 @@ def config_for(it:Item, proto:dict, st, sl:Slices, device:str):
     q, base = proto["qat"], dict(seed=it.seed, device=device)
     quant = dict(quantizer=proto["quantizer"])
     if it.method == "uniform" and it.w is not None:
-        c = UniformConfig.from_settings(st, w_bits=it.w, a_bits=it.a, epochs=q["epochs"], budget=Budget(size_frac=1.0, max_acc_drop=proto["max_acc_drop"]), **base)
+        bits = tuple(sorted({*UniformConfig.from_settings(st).bits, it.w}))     # a rung's width is a candidate (W3 beside 2,4,6,8)
+        c = UniformConfig.from_settings(st, w_bits=it.w, a_bits=it.a, bits=bits, epochs=q["epochs"], budget=Budget(size_frac=1.0, max_acc_drop=proto["max_acc_drop"]), **base)
     else:
         cls = config_class_for(it.method)
         kw = dict(budget=Budget(**it.budget), **base)

@@ -147,3 +147,30 @@ def test_nan_inputs_and_classes_missing_from_the_splits():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_splits(as_data((torch.randn(200, 1, 8, 8), torch.arange(200) % 10)))   # every class in every split: silent
+
+
+def _pretrained():
+    from sigmaquant_lab.data import data_roots, find_cifar10
+    st = load_settings(ROOT/"settings.ini")
+    w = next((r/"pretrained"/"resnet20-12fca82f.th" for r in data_roots(st) if (r/"pretrained"/"resnet20-12fca82f.th").is_file()), None)
+    return w if w is not None and find_cifar10(st) is not None else None
+
+
+@pytest.mark.skipif(_pretrained() is None, reason="the shared pretrained ResNet-20 or CIFAR-10 zip is not on this machine")
+def test_pretrained_resnet20_mixed_activations_survive_export(tmp_path):
+    "The pretrained ResNet-20 (as saved) on 2,000 CIFAR-10 images, activations searched under a BOPs budget: every rebuild keeps the widths and the predictions."
+    from sigmaquant_lab.export import run_model, load_packed
+    r = run(["search", "--data", "cifar10", "--weights", str(_pretrained()), "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225",
+             "--limit", "2000", "--int8-epochs", "0", "--e1", "1", "--e2", "1", "--max-steps", "1", "--set", "rounds1=1", "--pin-first-last", "8",
+             "--bops-frac", "0.12", "--size-frac", "1", "--threads", "2", "--quiet", "--no-report", "--out", str(tmp_path/"runs"), "--name", "r20"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = tmp_path/"runs"/"r20"
+    res, conf = json.loads((d/"result.json").read_text()), json.loads((d/"config.json").read_text())
+    assert min(res["a_bits"].values()) < 8 and len(set(res["a_bits"].values())) > 1, res["a_bits"]
+    assert conf["inputs"]["mean"] == [0.485, 0.456, 0.406] and conf["inputs"]["limit"] == 2000
+    ex = run(["export", "r20", "--out", str(tmp_path/"runs"), "--onnx"], tmp_path)
+    assert ex.returncode == 0, ex.stderr[-3000:]
+    assert ex.stdout.count("argmax agreement 100.00%") >= 2, ex.stdout       # rebuilt model and packed file exactly
+    m = re.search(r"onnxruntime\s+argmax agreement ([0-9.]+)%", ex.stdout)
+    assert m and float(m.group(1)) >= 99.0, ex.stdout                          # float rounding may flip a borderline image
+    assert get_act_bits(run_model(d)[0]) == res["a_bits"] and get_act_bits(load_packed(d/"model.packed.safetensors")) == res["a_bits"]
