@@ -6,7 +6,7 @@ Docs: https://example.invalid/sigmaquant-lab/docs/cli.html.md"""
 
 # %% ../nbs/15_cli.ipynb #1d1517ef
 from __future__ import annotations
-import argparse, json, signal, sys, threading, time, os
+import argparse, signal, sys, threading, time, os
 from pathlib import Path
 
 import torch
@@ -119,11 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
 # %% ../nbs/15_cli.ipynb #7ba393b5
 def _resume_setup(a, st):
     "Config, data, float model and meta of an interrupted run, from its folder."
-    from sigmaquant_lab.runs import RunDir
+    from sigmaquant_lab.runs import RunRecord
     from sigmaquant_lab.search import config_from_dict, config_class_for
-    import json
-    part = RunDir.open_partial(a.out, a.resume).unlock().path   # finished, missing or live runs fail here, clearly
-    try: conf = json.loads((part/"config.json").read_text()); fsd = torch.load(part/"float.pt", map_location="cpu", weights_only=True)
+    rec = RunRecord.open_partial(a.out, a.resume).unlock()   # finished, missing or live runs fail here, clearly
+    try: conf, fsd = rec.config(), rec.float_state()
     except Exception as e: raise SQError(f"run {a.resume} is corrupt: cannot read its config or float weights ({e.__class__.__name__})", "start a new run") from None
     from dataclasses import replace
     cfg = config_from_dict(config_class_for(conf["method"]), conf)
@@ -213,7 +212,7 @@ def cmd_export(a, out=None) -> int:
     "Pack (and optionally ONNX-export) a finished run; check every rebuild against the test predictions the search recorded."
     out = out or sys.stdout
     from sigmaquant_lab.export import export_run, run_model, export_onnx, check_run
-    from sigmaquant_lab.runs import PREDICTIONS
+    from sigmaquant_lab.runs import PREDICTIONS, RunRecord
     run = _run_path(a)
     path, rep = export_run(run)
     print(f"packed  {path}  {rep['file_bytes']:,} bytes", file=out)
@@ -227,7 +226,7 @@ def cmd_export(a, out=None) -> int:
     if not (run/PREDICTIONS).is_file():
         print(f"check   skipped: {run.name} recorded no test predictions (written by an older version)", file=out); return 0
     st = load_settings(a.settings)
-    try: data = input_data(run_inputs(json.loads((run/"config.json").read_text())), st)[0]
+    try: data = input_data(run_inputs(RunRecord.read(run).config()), st)[0]
     except SQError as e:      # e.g. data given in Python ((x, y) tensors): nothing on disk names it
         print(f"check   skipped: the run's data cannot be reloaded from its record ({e.problem}); "
               "in Python: export.check_run(run, data=...)", file=out); return 0

@@ -356,13 +356,13 @@ def run_peers(runs_dir:str|Path, # Folder of run records
               wb:Workbench # Only runs of its data and model class
              ) -> list[dict]:
     "Finished runs of the workbench's data and model as zone-plane points (drop vs each run's own INT8 reference)."
-    from sigmaquant_lab.runs import list_runs
+    from sigmaquant_lab.runs import list_runs, RunRecord
     out = []
     for r in list_runs(runs_dir):
         if not r.get("finished") or r.get("status") in (None, "CANCELLED", "CORRUPT", "RUNNING") or r.get("acc") is None: continue
         if r.get("data") != wb.data.name or r.get("model") != type(wb.model).__name__ or r.get("size_frac") is None: continue
-        try: ref = json.loads((Path(r["path"])/"result.json").read_text())["reference"]["acc_val"]
-        except (OSError, KeyError, TypeError, json.JSONDecodeError): continue
+        try: ref = RunRecord.read(r["path"]).result()["reference"]["acc_val"]
+        except (SQError, KeyError, TypeError): continue
         label = "saved" if r.get("saved_from") == "explorer" else r.get("method", "run")
         out.append(dict(label=label, method=r.get("method", "other"), size_frac=float(r["size_frac"]), acc=float(r["acc"]),
                         drop_pt=float((ref - r["acc"]) * 100), run=r.get("name", "")))
@@ -616,21 +616,19 @@ def write_run(r, # A finished `SearchResult` with its `model`
               name:str|None=None # Run name (default: explorer-<timestamp>-<pid>)
              ) -> Path:
     "Write a refinement's result as a finished run record, in the files and fields `search` writes for a run; returns its folder."
-    from sigmaquant_lab.runs import RunDir
+    from sigmaquant_lab.runs import RunRecord
     from dataclasses import asdict
-    run = RunDir.create(out_dir, name, prefix="explorer")
+    run = RunRecord.create(out_dir, name, prefix="explorer")
     try:
         conf = dict(r.config, method=r.method, data=wb.data.name, model=type(wb.model).__name__, num_classes=wb.data.num_classes,
                     in_shape=list(wb.data.in_shape), saved_from="explorer", splits=wb.note, inputs=getattr(wb.data, "origin", None),
                     **({"model_name": wb.model_name} if wb.model_name in MODEL_NAMES else {}))
-        run.write_json("config.json", conf)
-        run.write_final(asdict(r) | {"run_dir": str(run.final_path)}, r.model.state_dict(), getattr(r, "test_predictions", None))
         c = r.costs
-        run.write_json("manifest.json", dict(name=run.name, method=r.method, status=r.status, started=time.time() - r.wall_s, finished=time.time(),
-                                             data=wb.data.name, model=type(wb.model).__name__, budget=r.config.get("budget"), acc=r.acc,
-                                             test_acc=r.test_acc, size_frac=c["size_frac"], wall_s=r.wall_s, saved_from="explorer",
-                                             **{k: c[k] for k in ("energy_frac", "latency_frac") if k in c}))
-        run.finish()
+        run.begin(conf, dict(name=run.name, method=r.method, status=r.status, started=time.time() - r.wall_s, data=wb.data.name,
+                             model=type(wb.model).__name__, budget=r.config.get("budget"), saved_from="explorer"))
+        run.finish(asdict(r) | {"run_dir": str(run.final_path)}, r.model.state_dict(), getattr(r, "test_predictions", None),
+                   dict(finished=time.time(), acc=r.acc, test_acc=r.test_acc, size_frac=c["size_frac"], wall_s=r.wall_s,
+                        **{k: c[k] for k in ("energy_frac", "latency_frac") if k in c}))
     except BaseException:
         run.abort(); raise
     return run.path

@@ -18,6 +18,7 @@ from .core import SQError, atomic_write, to_jsonable
 from .quant import (QuantConfig, quantize_, set_bits_, get_bits, quant_layers, tied_layers, qrange, grad_scale,
                                   weight_size_bytes)
 from .models import get_model
+from .runs import RunRecord
 
 # %% auto #0
 __all__ = ['PACKED_FORMAT', 'PACKED_VERSION', 'ONNX_MIN_OPSET', 'ONNX_DEFAULT_OPSET', 'pack_bits', 'unpack_bits', 'export_packed',
@@ -230,52 +231,36 @@ def load_packed(path:str|Path, # File written by `export_packed`
     return model.eval()
 
 # %% ../nbs/11_export.ipynb #736eb951
-def _read_json(p:Path):
-    try: return json.loads(p.read_text())
-    except FileNotFoundError: raise SQError(f"run file {p} is missing", "export a finished run (its folder has bits.json, model.pt and result.json)") from None
-    except (OSError, json.JSONDecodeError) as e: raise SQError(f"run file {p} cannot be read ({type(e).__name__})", "export another run; this record is damaged") from None
-
 def run_model(run_dir:str|Path # A finished run directory
              ) -> tuple[nn.Module, dict]:
-    "Rebuild a run's final quantized model (eval mode) and return it with the run's config."
-    run = Path(run_dir).expanduser()
-    if not run.is_dir(): raise SQError(f"run directory {run} does not exist", "pass the folder of a finished run (see `sigmaquant-lab runs`)")
-    cfg, bits = _read_json(run/"config.json"), _read_json(run/"bits.json")
-    if not (run/"model.pt").is_file(): raise SQError(f"run file {run/'model.pt'} is missing", "export a finished run (its folder has model.pt)")
+    "Rebuild a run's final quantized model (eval mode): weight and activation widths, weights and quantizer state, from its record; return it with the run's config."
+    rec = RunRecord.read(run_dir)
+    cfg, bits = rec.config(), rec.bits()
+    if not rec.has(rec.MODEL): raise SQError(f"run file {rec.path/rec.MODEL} is missing", "export a finished run (its folder has model.pt)")
     name = cfg.get("model_name") or cfg.get("model")
     model = get_model(name, int(cfg["num_classes"]), tuple(cfg["in_shape"]), check=False)
     qkeys = set(QuantConfig.__dataclass_fields__) - {"w_bits"}
     quantize_(model, QuantConfig(**{k: v for k, v in cfg.get("quant", {}).items() if k in qkeys}), strict=cfg.get("strict", True))
     set_bits_(model, bits)
-    # the searched activation widths (act_bits.json; runs written before it: result.json's a_bits)
-    a_bits = _read_json(run/"act_bits.json") if (run/"act_bits.json").is_file() else \
-             (_read_json(run/"result.json").get("a_bits") if (run/"result.json").is_file() else None)
-    if a_bits: set_bits_(model, a_bits, act=True)
-    try: model.load_state_dict(torch.load(run/"model.pt", map_location="cpu", weights_only=True))
+    if a_bits := rec.act_bits(): set_bits_(model, a_bits, act=True)     # the searched activation widths
+    try: model.load_state_dict(rec.model_state())
     except RuntimeError as e:
-        raise SQError(f"{run/'model.pt'} does not fit model {name}: {str(e).splitlines()[0]}", "export a run written by this version of sigmaquant-lab") from None
+        raise SQError(f"{rec.path/rec.MODEL} does not fit model {name}: {str(e).splitlines()[0]}", "export a run written by this version of sigmaquant-lab") from None
     return model.eval(), cfg
 
 def export_run(run_dir:str|Path, # A finished run directory
                out:str|Path|None=None # Target file; default `<run_dir>/model.packed.safetensors`
               ) -> tuple[Path, dict]:
     "Pack a run's final model; return the file and a size report against the size the run reported."
-    run = Path(run_dir).expanduser()
-    model, cfg = run_model(run)
+    rec = RunRecord.read(run_dir)
+    model, cfg = run_model(rec.path)
     meta = {k: cfg.get(k) for k in ("method", "data", "data_arg", "image_size", "num_classes", "in_shape", "normalize")}
-    rep = export_packed(model, out or run/"model.packed.safetensors",
-                        meta=dict(model_name=cfg.get("model_name") or cfg.get("model"), run=run.name, **meta))
-    costs = _read_json(run/"result.json").get("costs", {}) if (run/"result.json").exists() else {}
+    rep = export_packed(model, out or rec.path/"model.packed.safetensors",
+                        meta=dict(model_name=cfg.get("model_name") or cfg.get("model"), run=rec.path.name, **meta))
+    costs = rec.result().get("costs", {}) if rec.has(rec.RESULT) else {}
     if "size_bytes" in costs:
         rep.update(run_size_bytes=costs["size_bytes"], run_ratio=rep["file_bytes"]/costs["size_bytes"])
     return Path(rep["path"]), rep
-
-def _run_predictions(run:Path) -> dict:
-    from sigmaquant_lab.runs import PREDICTIONS
-    if not (run/PREDICTIONS).is_file():
-        raise SQError(f"run {run.name} recorded no test predictions ({PREDICTIONS} is missing)",
-                      "check a run written by this version of sigmaquant-lab (older runs can still be exported, not checked)")
-    return _read_json(run/PREDICTIONS)
 
 def check_run(run_dir:str|Path, # A finished run directory
               data=None, # The run's DataBundle (default: reloaded from config.json, e.g. digits or a --data path)
@@ -286,9 +271,8 @@ def check_run(run_dir:str|Path, # A finished run directory
     "Compare every rebuild of a run (run_model; the packed file; the ONNX graph in onnxruntime) with the test predictions the search recorded."
     from sigmaquant_lab.runs import compare_predictions
     from sigmaquant_lab.train import predict
-    run = Path(run_dir).expanduser()
-    model, cfg = run_model(run)
-    rec = _run_predictions(run)
+    model, cfg = run_model(run_dir)
+    rec = RunRecord.read(run_dir).predictions()
     if data is None:
         from sigmaquant_lab.options import input_data, run_inputs
         data = input_data(run_inputs(cfg), settings)[0]

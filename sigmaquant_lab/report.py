@@ -19,6 +19,7 @@ from .core import SQError, atomic_write
 from .hardware import CostModel, HardwareConfig
 from .search import SearchResult
 from .export import run_model
+from .runs import RunRecord
 from .models import get_model
 from .plots import Snapshot, VIEWS
 
@@ -28,10 +29,7 @@ __all__ = ['result_from_run', 'report_layout', 'write_report']
 # %% ../nbs/13a_report.ipynb #3c175160
 def result_from_run(run_dir:str|Path) -> SearchResult:
     "The `SearchResult` a finished run folder holds."
-    p = Path(run_dir)/"result.json"
-    try: d = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise SQError(f"run file {p} is missing or corrupt ({e.__class__.__name__})", "pass the folder of a finished run (see `sigmaquant-lab runs`)") from None
+    d = RunRecord.read(run_dir, check=False).result()
     return SearchResult(**{f.name: d.get(f.name) for f in fields(SearchResult)})
 
 def _table(rows:list[dict]) -> str:

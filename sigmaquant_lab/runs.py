@@ -8,14 +8,15 @@ Docs: https://example.invalid/sigmaquant-lab/docs/runs.html.md"""
 from __future__ import annotations
 import errno, fcntl, json, os, shutil, time, datetime as _dt
 from pathlib import Path
+from typing import Callable
 
 import torch
 
 from .core import SQError, atomic_write, atomic_write_json, to_jsonable, fault
 
 # %% auto #0
-__all__ = ['PARTIAL', 'PREDICTIONS', 'check_writable', 'RunDir', 'prediction_record', 'compare_predictions', 'summary_of',
-           'list_runs']
+__all__ = ['PARTIAL', 'PREDICTIONS', 'check_writable', 'RunDir', 'RunRecord', 'NullRecord', 'prediction_record',
+           'compare_predictions', 'summary_of', 'list_runs']
 
 # %% ../nbs/07_runs.ipynb #3a5f0adb
 PARTIAL = ".partial"
@@ -161,9 +162,104 @@ class RunDir:
         self.unlock()
         if not self.finished and self.path.exists(): shutil.rmtree(self.path, ignore_errors=True)
 
-# %% ../nbs/07_runs.ipynb #856dabc6
+# %% ../nbs/07_runs.ipynb #ce551178
 PREDICTIONS = "predictions.json"
 
+class RunRecord:
+    "The typed run record: every file of a search's folder is written and read here (search, resume, export, report, explorer, sweeps)."
+    CONFIG, MANIFEST, FLOAT, REFERENCE, REFERENCE_STATE, CHECKPOINT = "config.json", "manifest.json", "float.pt", "reference.json", "reference.pt", "checkpoint.pt"
+    RESULT, BITS, ACT_BITS, MODEL = "result.json", "bits.json", "act_bits.json", "model.pt"
+    persistent = True
+    def __init__(self, run:RunDir): self.dir = run
+
+    @classmethod
+    def create(cls, out_dir:str|Path|None, name:str|None=None, prefix:str="run") -> "RunRecord":
+        "A new record in `out_dir`, staged until `finish`; with no folder, a `NullRecord` (kept in memory only)."
+        return NullRecord() if out_dir is None else cls(RunDir.create(out_dir, name, prefix))
+    @classmethod
+    def open_partial(cls, out_dir, name:str) -> "RunRecord":
+        "An interrupted record, reopened to resume it."
+        return cls(RunDir.open_partial(out_dir, name))
+    @classmethod
+    def read(cls, path:str|Path, check:bool=True) -> "RunRecord":
+        "A record on disk, to read (a finished run folder, or an interrupted one); `check`: refuse a folder that does not exist."
+        p = Path(path).expanduser()
+        if check and not p.is_dir(): raise SQError(f"run directory {p} does not exist", "pass the folder of a finished run (see `sigmaquant-lab runs`)")
+        return cls(RunDir(p))
+
+    @property
+    def path(self) -> Path: return self.dir.path
+    @property
+    def name(self) -> str: return self.dir.name
+    @property
+    def final_path(self) -> Path: return self.dir.final_path
+    def has(self, rel:str) -> bool: return (self.path/rel).is_file()
+
+    # --- writing, in the order of a search ------------------------------------------------------
+    def begin(self, config:dict, manifest:dict, float_state:dict|None=None):
+        "The run's settings, its manifest (status RUNNING) and the float weights it starts from."
+        self.dir.write_json(self.CONFIG, config); self.dir.write_json(self.MANIFEST, manifest)
+        if float_state is not None: self.dir.save_torch(self.FLOAT, float_state)
+    def reference(self, ref:dict, state:dict|None=None, rng:dict|None=None, epochs:int|None=None):
+        "The INT8 reference: its numbers (reference.json) and, when given, the state a resume continues from (reference.pt)."
+        self.dir.write_json(self.REFERENCE, ref)
+        if state is not None: self.dir.save_torch(self.REFERENCE_STATE, dict(state=state, rng=rng, epochs=epochs))
+    def event(self, ev:dict): self.dir.append_event(ev)
+    def rewrite_events(self, events:list[dict]): self.dir.rewrite_events(events)
+    def step(self, k:int, state:dict, checkpoint:Callable[[], dict]):
+        "After step `k`: its model state, then (atomically) the checkpoint that makes the run resumable from it."
+        self.dir.save_torch(f"states/step-{k}.pt", state); self.dir.save_torch(self.CHECKPOINT, checkpoint())
+    def finish(self, result:dict, state:dict, predictions:dict|None=None, manifest:dict|None=None):
+        "The final map (widths, model state, recorded predictions, result), the manifest updated; renamed to its final name unless cancelled."
+        self.dir.write_final(result, state, predictions)
+        self.dir.write_json(self.MANIFEST, {**(self.manifest() if self.has(self.MANIFEST) else {}), **(manifest or {})})
+        if result.get("status") != "CANCELLED": self.dir.finish()
+    def abort(self): self.dir.abort()
+    def unlock(self): self.dir.unlock(); return self
+
+    # --- reading ----------------------------------------------------------------------------------
+    def _json(self, rel:str, fix:str="export a finished run (its folder has bits.json, model.pt and result.json)"):
+        p = self.path/rel
+        try: return json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError) as e: raise SQError(f"run file {p} is missing or corrupt ({type(e).__name__})", fix) from None
+    def config(self) -> dict: return self._json(self.CONFIG)
+    def manifest(self) -> dict: return self._json(self.MANIFEST)
+    def result(self) -> dict: return self._json(self.RESULT, "pass the folder of a finished run (see `sigmaquant-lab runs`)")
+    def bits(self) -> dict: return self._json(self.BITS)
+    def act_bits(self) -> dict|None:
+        "The searched activation widths (act_bits.json; records written before it: result.json's a_bits; None if neither)."
+        if self.has(self.ACT_BITS): return self._json(self.ACT_BITS)
+        return self.result().get("a_bits") if self.has(self.RESULT) else None
+    def predictions(self) -> dict:
+        if not self.has(PREDICTIONS):
+            raise SQError(f"run {self.name} recorded no test predictions ({PREDICTIONS} is missing)",
+                          "check a run written by this version of sigmaquant-lab (older runs can still be exported, not checked)")
+        return self._json(PREDICTIONS)
+    def _torch(self, rel:str, weights_only:bool=True):
+        if not self.has(rel): raise SQError(f"run file {self.path/rel} is missing", f"use a run whose folder has {rel}")
+        return torch.load(self.path/rel, map_location="cpu", weights_only=weights_only)
+    def model_state(self) -> dict: return self._torch(self.MODEL)
+    def float_state(self) -> dict: return self._torch(self.FLOAT)
+    def reference_state(self) -> dict: return self._torch(self.REFERENCE_STATE, weights_only=False)
+    def step_state(self, k:int) -> dict: return self._torch(f"states/step-{k}.pt", weights_only=False)
+    def checkpoint(self) -> dict|None: return self._torch(self.CHECKPOINT, weights_only=False) if self.has(self.CHECKPOINT) else None
+    def events(self) -> list[dict]: return self.dir.events()
+
+class NullRecord(RunRecord):
+    "The record of a search run without a folder: every write is dropped (the result lives in memory), nothing can be read back."
+    persistent, path, name, final_path = False, None, None, None
+    def __init__(self): self.dir = None
+    def begin(self, *a, **k): pass
+    def reference(self, *a, **k): pass
+    def event(self, ev): pass
+    def rewrite_events(self, events): pass
+    def step(self, k, state, checkpoint): pass
+    def finish(self, *a, **k): pass
+    def abort(self): pass
+    def unlock(self): return self
+    def has(self, rel): return False
+
+# %% ../nbs/07_runs.ipynb #856dabc6
 def _sha(t:torch.Tensor) -> str:
     import hashlib
     return hashlib.sha256(t.detach().cpu().to(torch.int64).contiguous().numpy().tobytes()).hexdigest()

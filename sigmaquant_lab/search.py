@@ -20,7 +20,7 @@ from .core import (SQError, ini_defaults, ini_kwargs, Cancelled, Budget, check_b
 from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, is_quantizable, tied_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, predict, calibrate_
-from .runs import RunDir, prediction_record, summary_of
+from .runs import RunRecord, NullRecord, prediction_record, summary_of
 from .data import DataBundle, check_splits
 from .dataforms import as_data, check_model_data
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
@@ -217,8 +217,9 @@ def check_budgets(model:nn.Module, data, cfg:SearchConfig) -> dict:
 class SearchContext:
     "Shared measuring machinery of a search."
     def __init__(self, model:nn.Module, data, cfg:SearchConfig, *, on_event:Callable|None=None, cancel=None,
-                 run:RunDir|None=None, progress:bool=False, hw:CostModel|None=None):
-        self.cfg, self.data, self.cancel, self.run, self.progress = cfg, data, cancel, run, progress
+                 run:RunRecord|None=None, progress:bool=False, hw:CostModel|None=None):
+        self.cfg, self.data, self.cancel, self.progress = cfg, data, cancel, progress
+        self.run = run if run is not None else NullRecord()    # the run record (in memory only without a folder)
         self.on_event = on_event.append if isinstance(on_event, list) else on_event
         self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
@@ -249,7 +250,7 @@ class SearchContext:
     def emit(self, ev:Event):
         "Record an event (run log) and pass it to the observer."
         d = ev.to_dict(); self.events.append(d)
-        if self.run is not None and not isinstance(ev, Progress): self.run.append_event(d)
+        if not isinstance(ev, Progress): self.run.event(d)
         if self.on_event is not None: self.on_event(ev)
 
     def check_cancel(self):
@@ -419,18 +420,16 @@ class SearchContext:
     def checkpoint(self):
         "After a step: its model state, then (atomically) the checkpoint that makes it resumable."
         k = self.n_steps - 1
-        self.run.save_torch(f"states/step-{k}.pt", self.model.state_dict())
-        self.run.save_torch("checkpoint.pt", dict(n_steps=k + 1, events=[e for e in self.events if e["event"] != "Progress"],
-                                                  rng=self.rng_state(), epochs=self.epochs, bits=get_bits(self.model),
-                                                  a_bits=get_act_bits(self.model),
-                                                  elapsed_s=time.perf_counter() - self.t0))
+        self.run.step(k, self.model.state_dict(), lambda: dict(n_steps=k + 1, events=[e for e in self.events if e["event"] != "Progress"],
+                                                                rng=self.rng_state(), epochs=self.epochs, bits=get_bits(self.model),
+                                                                a_bits=get_act_bits(self.model), elapsed_s=time.perf_counter() - self.t0))
 
     def end_replay(self, ck:dict):
         "The last recorded step was replayed: continue live from its checkpoint."
         self.replay = []
         set_bits_(self.model, ck["bits"])
         if ck.get("a_bits"): set_bits_(self.model, ck["a_bits"], act=True)
-        self.model.load_state_dict(self.run.load_torch(f"states/step-{ck['n_steps']-1}.pt"))
+        self.model.load_state_dict(self.run.step_state(ck['n_steps'] - 1))
         self.set_rng_state(ck["rng"]); self.epochs = ck["epochs"]
 
     # --- budget --------------------------------------------------------------------------------
@@ -484,14 +483,12 @@ class SearchContext:
         self.ref = dict(fp32_acc_val=fp_val, fp32_acc_test=fp_test, acc_val=self.evaluate("val"), acc_test=self.evaluate("test"),
                         size_bytes=float(self.params.sum()), params=int(self.params.sum()), epochs=self.cfg.int8_epochs)
         self.ref_snapshot = self.snapshot()
-        if self.run is not None: self.run.write_json("reference.json", self.ref)
         return self.ref
 
     def use_reference(self, r:"Reference"):
         "Start from a reference built earlier (`search(reference=...)`): its model state, RNG state and epoch count."
         self.ref, self.ref_snapshot = dict(r.ref), dict(bits={n: 8 for n in self.layers}, state=r.state)
         self.restore(self.ref_snapshot); self.set_rng_state(r.rng); self.epochs = r.epochs
-        if self.run is not None: self.run.write_json("reference.json", self.ref)
         return self.ref
 
 # %% ../nbs/08_search.ipynb #384653b7
@@ -576,20 +573,20 @@ def _event_from_dict(d:dict) -> Event:
 
 _VOLATILE = {"device", "ours"}   # may differ between the first run and its resume
 
-def _check_resumable(run:RunDir, conf:dict) -> dict:
+def _check_resumable(run:RunRecord, conf:dict) -> dict:
     "Checkpoint of an interrupted run, after checking it belongs to the same search."
-    saved = run.read_json("config.json")
+    saved = run.config()
     a = {k: v for k, v in to_jsonable(conf).items() if k not in _VOLATILE}
     b = {k: v for k, v in saved.items() if k not in _VOLATILE}
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff: raise SQError(f"run {run.name} was started with other settings ({', '.join(diff[:5])} differ)",
                            "resume with the same flags, or start a new run")
     ck = dict(n_steps=0, events=[], reference=None)
-    if (run.path/"checkpoint.pt").exists():
-        try: ck = run.load_torch("checkpoint.pt")
+    if run.has(run.CHECKPOINT):
+        try: ck = run.checkpoint()
         except Exception as e: raise SQError(f"checkpoint of run {run.name} is corrupt ({e.__class__.__name__})", "start a new run") from None
-    if (run.path/"reference.json").exists() and (run.path/"reference.pt").exists():
-        ck["reference"] = run.read_json("reference.json")
+    if run.has(run.REFERENCE) and run.has(run.REFERENCE_STATE):
+        ck["reference"] = run._json(run.REFERENCE)
         if not ck["events"]: ck["events"] = [e for e in run.events() if e["event"] == "RunStarted"][:1]
     else: ck.update(n_steps=0, events=[], reference=None)
     return ck
@@ -638,7 +635,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
         raise SQError("the INT8 reference passed to search was built for another model, data or QAT recipe",
                       "pass the `int8` of a search with the same model, data and config, or no reference (it is rebuilt)")
     if resume and (out_dir is None or name is None): raise SQError("resume needs the run's folder and name", "pass out_dir and name (CLI: --out and --resume NAME)")
-    run = (RunDir.open_partial(out_dir, name) if resume else RunDir.create(out_dir, name, prefix=strat.name)) if out_dir is not None else None
+    run = RunRecord.open_partial(out_dir, name) if resume else RunRecord.create(out_dir, name, prefix=strat.name)   # NullRecord: no folder
     ctx, ck, int8 = None, None, None
     try:
         conf = dict(method=strat.name, **cfg.to_dict(), ours=strat.ours, data=getattr(data, "name", "?"),
@@ -646,28 +643,26 @@ def search(model:nn.Module, # Trained float model (left unchanged)
                     in_shape=list(getattr(data, "in_shape", ()) or ()), normalize=_normalize(data), inputs=getattr(data, "origin", None), **(meta or {}))
         if resume: ck = _check_resumable(run, conf)
         ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress, hw=hw)
-        if run is not None and not resume:
-            run.write_json("config.json", conf)
-            run.write_json("manifest.json", dict(name=run.name, method=strat.name, status="RUNNING", started=time.time(),
-                                                 data=conf["data"], model=conf["model"], budget=to_jsonable(cfg.budget)))
-            run.save_torch("float.pt", model.state_dict())
+        if not resume:
+            run.begin(conf, dict(name=run.name, method=strat.name, status="RUNNING", started=time.time(), data=conf["data"], model=conf["model"],
+                                 budget=to_jsonable(cfg.budget)), model.state_dict())
         if ck is not None and ck.get("reference") is not None:      # resume: the reference is on disk
-            ctx.ref, ctx.ref_snapshot = ck["reference"], dict(bits={n: 8 for n in ctx.layers}, state=StateRef(run.path/"reference.pt", "state"))
+            ctx.ref, ctx.ref_snapshot = ck["reference"], dict(bits={n: 8 for n in ctx.layers}, state=StateRef(run.path/run.REFERENCE_STATE, "state"))
             run.rewrite_events(ck["events"])
             ctx.replay = [e for e in ck["events"] if e["event"] == "StepFinished"]
             ctx.t0 -= ck.get("elapsed_s", 0.0)
             if not ctx.replay:                      # killed before the first step: continue right after the reference
-                ref_ck = run.load_torch("reference.pt"); ctx.set_rng_state(ref_ck["rng"]); ctx.epochs = ref_ck["epochs"]
+                ref_ck = run.reference_state(); ctx.set_rng_state(ref_ck["rng"]); ctx.epochs = ref_ck["epochs"]
                 ctx.restore(dict(bits={n: 8 for n in ctx.layers}, state=ref_ck["state"]))
             ctx.events = [] if ctx.replay else list(ck["events"])
             if ctx.on_event is not None: ctx.on_event(_event_from_dict(ck["events"][0]))
         else:
-            if run is not None and resume: run.rewrite_events([])
+            if resume: run.rewrite_events([])
             ref = ctx.use_reference(reference) if reference is not None else ctx.build_reference()
             rng = ctx.rng_state()
             int8 = reference or Reference(reference_key(model, data, cfg), dict(ref), ctx.ref_snapshot["state"], rng, ctx.epochs)
-            if run is not None: run.save_torch("reference.pt", dict(state=ctx.ref_snapshot["state"], rng=rng, epochs=ctx.epochs))
-            ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, str(run.final_path) if run else None))
+            run.reference(ref, ctx.ref_snapshot["state"], rng, ctx.epochs)
+            ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, None if run.final_path is None else str(run.final_path)))
         gen = strat.steps(ctx) if not (strat.budget_driven and not ctx.replaying and ctx.int8_meets()) else _int8_fast_path(ctx)
         while True:
             try: ev = next(gen)
@@ -685,7 +680,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
                 elif ctx.on_event is not None: ctx.on_event(ev)
                 continue
             ctx.emit(ev)
-            if run is not None and isinstance(ev, StepFinished): ctx.checkpoint()
+            if isinstance(ev, StepFinished): ctx.checkpoint()
         if ctx.replaying: raise SQError(f"run {run.name} cannot be resumed: the search stopped before its recorded steps",
                                         "the code or config changed since the run started; start a new run")
         status = choice.status
@@ -693,9 +688,8 @@ def search(model:nn.Module, # Trained float model (left unchanged)
         choice = Choice("CANCELLED", get_bits(ctx.model), reason="cancelled by the user")
         status = "CANCELLED"
     except BaseException:
-        if run is not None:
-            if resume: run.unlock()       # keep the interrupted run resumable
-            else: run.abort()
+        if resume: run.unlock()       # keep the interrupted run resumable
+        else: run.abort()
         raise
     if choice.state is not None: ctx.restore(dict(bits=choice.bits, a_bits=choice.a_bits, state=choice.state))
     else:
@@ -714,17 +708,13 @@ def search(model:nn.Module, # Trained float model (left unchanged)
                        choice.reason, None, to_jsonable(cfg), get_act_bits(ctx.model), summary_of(preds) if preds else {})
     ctx.emit(RunFinished(status, res.bits, acc, test_acc, costs, res.wall_s, res.epochs, choice.reason, res.a_bits))
     res.model, res.int8, res.test_predictions = ctx.model, int8, preds   # int8: the `Reference` for the next search (None after a resume)
-    if run is not None:
-        try:
-            run.write_final(asdict(res), ctx.model.state_dict(), preds)
-            man = run.read_json("manifest.json")
-            run.write_json("manifest.json", {**man, "status": status, "finished": time.time(), "acc": acc, "test_acc": test_acc,
-                                             "size_frac": costs["size_frac"], "wall_s": res.wall_s,
-                                             **{k: costs[k] for k in ("energy_frac", "latency_frac") if k in costs}})
-            if status != "CANCELLED": run.finish()
-        except BaseException:
-            run.abort(); raise
-        res.run_dir = str(run.path)
+    try:
+        run.finish(asdict(res), ctx.model.state_dict(), preds, dict(status=status, finished=time.time(), acc=acc, test_acc=test_acc,
+                                                                   size_frac=costs["size_frac"], wall_s=res.wall_s,
+                                                                   **{k: costs[k] for k in ("energy_frac", "latency_frac") if k in costs}))
+    except BaseException:
+        run.abort(); raise
+    res.run_dir = None if run.path is None else str(run.path)
     return res
 
 # %% ../nbs/08_search.ipynb #723323a9

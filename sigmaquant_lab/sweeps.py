@@ -18,7 +18,7 @@ from .core import SQError, Budget, load_settings, to_jsonable, atomic_write, ato
 from .data import get_data, check_splits
 from .models import get_model
 from .train import float_model
-from .runs import check_writable, PARTIAL
+from .runs import check_writable, PARTIAL, RunRecord
 from .search import search, check_floor, cost_model, cpu_state, search_units, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
 from .options import OPTIONS, InputConfig, add_options, option_values, parse_path, set_field, input_data, input_model
 from .sigmaquant import SigmaQuantConfig
@@ -302,7 +302,7 @@ def run_task(spec:RunSpec, # The grid point
     if threads: torch.set_num_threads(threads)
     model = get_model(meta["model_name"], data.num_classes, data.in_shape, check=False); model.load_state_dict(state)
     part = Path(out)/(spec.name + PARTIAL)
-    resume = part.is_dir() and (part/"config.json").exists()
+    resume = RunRecord.read(part, check=False).has(RunRecord.CONFIG)
     if part.is_dir() and not resume: shutil.rmtree(part, ignore_errors=True)   # killed before its config was written
     def on_event(ev):
         if inject == "always" or (inject in ("once", "kill") and attempt == 0):
@@ -330,13 +330,13 @@ def existing_row(spec:RunSpec, out:Path, meta:dict) -> dict|None:
     d = out/spec.name
     if not d.is_dir():
         part = out/(spec.name + PARTIAL)
-        if part.is_dir() and (part/"config.json").exists():
-            diff = _same_settings(json.loads((part/"config.json").read_text()), spec.cfg, meta)
+        if (rec := RunRecord.read(part, check=False)).has(RunRecord.CONFIG):
+            diff = _same_settings(rec.config(), spec.cfg, meta)
             if diff: raise SQError(f"interrupted run {part} has other settings ({', '.join(diff[:4])} differ)",
                                    "remove that folder or use another out folder")
         return None
-    try: saved, res = json.loads((d/"config.json").read_text()), json.loads((d/"result.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    try: rec = RunRecord.read(d); saved, res = rec.config(), rec.result()
+    except SQError:
         raise SQError(f"run record {d} is incomplete or corrupt", "remove that folder or use another out folder") from None
     diff = _same_settings(saved, spec.cfg, meta)
     if diff: raise SQError(f"run record {d} exists with other settings ({', '.join(diff[:4])} differ)",
