@@ -28,6 +28,14 @@ nothing half-written. Kinds covered (file::test):
 25 unknown search method / KL / σ normalisation  test_unknown_method_and_normalisations
 26 one-class dataset; labels beyond the outputs  test_one_class_dataset, nbs/04_data (check_splits), nbs/04b_dataforms
 27 CIFAR-10 missing; --download offline          test_cifar10_missing_and_download_offline
+28 --weights: a pickled list, a bare tensor      test_weights_that_do_not_fit, nbs/05_models (load_weights_)
+29 uniform w_bits outside the candidates         test_record::test_bad_input_leaves_no_out_folder
+30 refusals after parsing leave no --out folder  test_record::test_bad_input_leaves_no_out_folder, test_cli (not even an empty one)
+31 NaN/inf inputs                                test_record::test_nan_inputs_and_classes_missing_from_the_splits (check_splits)
+32 classes that never reach val/test (warning)   test_record (same test); the CLI prints one "warning:" line
+33 unknown run name for `runs NAME`              test_record::test_runs_are_named_by_their_folder
+34 a floor hint pasted back                      test_record::test_floor_hints_are_accepted_when_pasted_back (size+pins, BOPs, energy)
+35 an export that does not reproduce the search  test_record::test_searched_activation_widths_survive_every_export
 """
 import errno, os, subprocess, sys
 from dataclasses import replace
