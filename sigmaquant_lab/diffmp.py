@@ -316,8 +316,11 @@ class DiffMP(Search):
         return pen
 
     def _train(self, ctx, epochs, what, train_weights):
+        "`epochs` epochs of DiffMP's own learning loop, through the context's training hook (which counts them and skips them on replay)."
+        ctx.train(epochs, what, loop=lambda e: self._loop(ctx, e, what, train_weights))
+
+    def _loop(self, ctx, epochs, what, train_weights):
         "Own learning loop: CE + cost penalties; Adam on log steps/ranges, the QAT recipe on the weights; cancel per batch and per layer."
-        if ctx.replaying: ctx.epochs += epochs; return
         c, model, loader = self.cfg, ctx.model, ctx.loaders["train"]
         qp = [p for q in (*self.quants.values(), *self.aquants.values()) for p in (q.log_d, q.log_q) if p.requires_grad]
         qids = {id(p) for q in (*self.quants.values(), *self.aquants.values()) for p in (q.log_d, q.log_q)}
@@ -350,7 +353,6 @@ class DiffMP(Search):
                         ctx._on_progress(dict(what=what, epoch=ep + 1, epochs=epochs, batch=b + 1, batches=nb, loss=lv))
         finally:
             for p in frozen: p.requires_grad_(True)
-        ctx.epochs += epochs
 
     def steps(self, ctx):
         c = self.cfg

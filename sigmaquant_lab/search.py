@@ -275,15 +275,19 @@ class SearchContext:
         if not self.replaying: calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches, cancel=self.cancel)
         return bits
 
-    def qat(self, epochs:int, what:str="qat"):
-        "Short QAT cycle of `epochs` epochs (progress events, cancel per batch)."
+    def train(self, epochs:int, what:str="qat", loop:Callable[[int], dict|None]|None=None) -> dict:
+        "The one training hook of every strategy: `epochs` epochs of the QAT recipe, or of `loop(epochs)` (a method's own learning loop); counted, cancellable, and skipped (only counted) while a resumed run replays its recorded steps."
         self.check_cancel()
         if epochs <= 0: return {}
         if self.replaying: self.epochs += epochs; return {}
-        rep = train_(self.model, self.loaders["train"], replace(self.cfg.train, epochs=epochs),
-                     on_progress=self._on_progress, cancel=self.cancel, progress=self.progress, desc=what)
+        rep = loop(epochs) if loop is not None else train_(self.model, self.loaders["train"], replace(self.cfg.train, epochs=epochs),
+                                                            on_progress=self._on_progress, cancel=self.cancel, progress=self.progress, desc=what)
         self.epochs += epochs
-        return rep
+        return rep or {}
+
+    def qat(self, epochs:int, what:str="qat") -> dict:
+        "Short QAT cycle of `epochs` epochs of the recipe (progress events, cancel per batch): `train` without a loop of its own."
+        return self.train(epochs, what)
 
     def measure(self, bits:dict, epochs:int, what:str, a_bits:dict|None=None, apply:bool=True) -> dict:
         "The one measuring step of every method: apply (pins win) and calibrate, QAT, evaluate, cost, snapshot; returns the point."

@@ -302,7 +302,7 @@ class SigmaQuant(Search):
             _, kl = ctx.kl(cur["bits"], c.kl_norm)
             if fit and over:
                 table = ctx.recorded("kl_table", lambda: ctx.kl(cur["bits"], c.kl_norm)[0])
-                moves, amoves = fit_moves(ctx, cur["bits"], cur["a_bits"], cur["costs"], None if table is None else np.array(table),
+                moves, amoves = fit_moves(ctx, cur["bits"], cur["a_bits"], cur["costs"], np.array(table),   # recorded: replayed too
                                           c.bit_step, frozen, frozen_a)
                 verb = "fit budget:"
             elif fit:
