@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from .core import SQError, Budget, load_settings, seed_everything, resolve_device, atomic_write
 from .data import get_data, check_splits, SplitsWarning
-from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets, data_kwargs, input_data, input_model, input_record, run_inputs
+from .options import OPTIONS, InputConfig, add_options, option_values, apply_sets
+from .inputs import data_kwargs, input_data, input_model, input_record, run_inputs
 from .models import get_model, check_model_input
 from .train import TrainConfig, train_, evaluate, float_model   # float_model re-exported for scripts
 from .runs import list_runs
@@ -58,7 +59,7 @@ class ConsoleReporter:
 # %% ../nbs/15_cli.ipynb #924eb877
 def _floats(s): return None if s in (None, "") else float(s)
 
-_data_kwargs = data_kwargs   # the one rule for get_data's keywords (options.data_kwargs)
+_data_kwargs = data_kwargs   # the one rule for get_data's keywords (inputs.data_kwargs)
 
 _DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "val_from", "mean", "std", "download"]
 _BUDGET_OPTS = ["max_acc_drop", "size_frac", "energy_frac", "latency_frac", "bops_frac"]
@@ -158,7 +159,7 @@ def cmd_search(a, out=None) -> int:
     cfg = apply_sets(replace(base, **{k: x for k, x in over.items() if x is not None}), a.set)
     if not a.no_record:
         from sigmaquant_lab.runs import check_writable; check_writable(a.out, create=False)   # --out is made when the run starts
-    # one input-setup path with sweeps and the explorer (options.input_data / input_model); splits too small are refused there
+    # one input-setup path with sweeps and the explorer (inputs.input_data / input_model); splits too small are refused there
     inp = InputConfig(**{k: (d if k in ("data", "fp_epochs") else v)[k] for k in ("data", "model", "weights", "image_size", "sha256", "limit",
                                                                              "val_frac", "val_from", "mean", "std", "fp_epochs", "download")})
     data, model_name = input_data(inp, st, progress=not a.quiet)

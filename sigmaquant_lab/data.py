@@ -109,7 +109,7 @@ class DataBundle:
     augment:bool=False # Augment training batches by default (random crop pad 4 + flip)
     mean:tuple|None=None # Per-channel mean applied by loaders, in the units of the stored inputs (uint8: 0-255; None: inputs are already normalised)
     std:tuple|None=None # Per-channel std applied by loaders
-    origin:dict|None=None # How `options.input_data` made it (data, image_size, limit, val_frac): a run record reloads the same splits from it
+    origin:dict|None=None # How `inputs.input_data` made it (data, image_size, limit, val_frac): a run record reloads the same splits from it
     _on_device:dict=field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self):

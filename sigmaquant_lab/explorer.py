@@ -21,7 +21,8 @@ from .dataforms import as_data, splits_note, check_model_data
 from .models import MODEL_NAMES
 from .stats import layer_sigmas, kl_table
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
-from .options import OPTIONS, InputConfig, widget_bounds, input_data, input_model
+from .options import OPTIONS, InputConfig, widget_bounds
+from .inputs import input_data, input_model
 from .search import search_units, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import Snapshot, log_row, trajectory_point, MAC_LABELS
@@ -87,7 +88,7 @@ def load_workbench(dataset:str="digits", # "digits", "cifar10", or a path to an 
                   ) -> Workbench:
     "Load data and float model and build the workbench."
     s = settings or load_settings()
-    # one input-setup path with the CLI and sweeps (options.input_data / input_model); the training cap keeps refinements interactive
+    # one input-setup path with the CLI and sweeps (inputs.input_data / input_model); the training cap keeps refinements interactive
     inp = InputConfig(data=dataset, model=model_name, fp_epochs=fp_epochs)
     data, _ = input_data(inp, s, progress=progress, train_cap=train_limit)
     model = input_model(inp, data, model_name, s, device="cpu", progress=progress)

@@ -274,7 +274,7 @@ def check_run(run_dir:str|Path, # A finished run directory
     model, cfg = run_model(run_dir)
     rec = RunRecord.read(run_dir).predictions()
     if data is None:
-        from sigmaquant_lab.options import input_data, run_inputs
+        from sigmaquant_lab.inputs import input_data, run_inputs
         data = input_data(run_inputs(cfg), settings)[0]
     loader = data.loader(rec["split"], batch_size=batch_size)
     labels = torch.cat([y for _, y in loader]).long()

@@ -12,11 +12,7 @@ from typing import Any
 
 from fastcore.docments import docments
 
-import torch.nn as nn
-
 from .core import SQError, Budget, check_bits, load_settings, parse_bool, parse_list
-from .data import get_data, check_splits
-from .train import float_model
 from .quant import QuantConfig, QUANTIZERS
 from .train import TrainConfig
 from .search import SearchConfig
@@ -24,8 +20,7 @@ from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
 __all__ = ['OPTIONS', 'InputConfig', 'RunOptions', 'field_doc', 'Opt', 'add_options', 'option_values', 'widget_bounds',
-           'parse_field', 'set_field', 'parse_path', 'apply_sets', 'data_kwargs', 'input_data', 'input_record',
-           'run_inputs', 'input_model']
+           'parse_field', 'set_field', 'parse_path', 'apply_sets']
 
 # %% ../nbs/11a_options.ipynb #op05aa
 @dataclass(frozen=True)
@@ -293,64 +288,3 @@ def apply_sets(cfg, # A config dataclass instance
         obj, chain, last = _nested(cfg, key, raw, flag)
         cfg = _rebuild(obj, chain, last, parse_field(type(obj), last, raw, flag))   # parse_field refuses a name `obj` lacks
     return cfg
-
-# %% ../nbs/11a_options.ipynb #op13bb
-def data_kwargs(data_arg, quiet=False, image_size=None, sha256=None, val_frac=None, download=False, val_from=None, mean=None, std=None) -> dict:
-    "Keyword arguments for `get_data`; digits has no image size or checksum to take, only CIFAR-10 can be downloaded."
-    if download and str(data_arg).lower() != "cifar10":
-        raise SQError(f"--download fetches CIFAR-10 only, not {data_arg}", "drop --download, or use --data cifar10")
-    if str(data_arg).lower() == "digits":
-        for v, flag in ((image_size, "--image-size"), (sha256, "--sha256")):
-            if v is not None: raise SQError(f"{flag} does not apply to digits (8×8 images built into scikit-learn)", f"drop {flag}, or use --data cifar10 or a folder")
-        extra = {}
-    else: extra = {k: v for k, v in dict(image_size=image_size, sha256=sha256).items() if v is not None}
-    if val_frac is not None: extra["val_frac"] = val_frac
-    if val_from is not None: extra["val_from"] = val_from
-    if mean is not None or std is not None: extra.update(mean=mean, std=std)   # given: both (one alone is refused by get_data)
-    if download: extra["download"] = True
-    return dict(progress=not quiet, **extra)
-
-def input_data(inp:InputConfig, # Where the data comes from
-               settings=None, # `Settings` (default: `load_settings()`)
-               progress:bool=False, # Progress bars while decoding
-               train_cap:int|None=None # Keep at most this many training images when no `limit` is given (interactive use)
-              ) -> tuple:
-    "(data bundle, model name): the data loaded, limited and checked (splits large enough), the model name resolved."
-    st = settings or load_settings()
-    name = inp.data or OPTIONS["data"].default(st)
-    data = get_data(name, st, **data_kwargs(name, not progress, inp.image_size, inp.sha256, inp.val_frac, inp.download, inp.val_from, inp.mean, inp.std))
-    limit = inp.limit or (train_cap if train_cap is not None and len(data.y_train) > train_cap else None)
-    if limit: data = data.subset(limit)
-    d = lambda k: getattr(inp, k) if getattr(inp, k) is not None else OPTIONS[k].default(st)   # the settings' value where none was given
-    data.origin = dict(data=name, image_size=inp.image_size, limit=limit, val_frac=inp.val_frac, val_from=d("val_from"),
-                       mean=d("mean"), std=d("std"))   # recorded by runs: `run_inputs` rebuilds the same splits and preprocessing
-    check_splits(data)
-    return data, inp.model or ("digits_cnn" if data.name == "digits" else "resnet20")
-
-def input_record(inp:InputConfig, # What the user asked for
-                 data, # The data bundle `input_data` built from it
-                 settings=None) -> dict:
-    "The facts a run records about its input beyond the data's name: where validation came from and the preprocessing (torchvision's units)."
-    st = settings or load_settings()
-    given = inp.mean is not None or OPTIONS["mean"].default(st) is not None
-    return dict(val_from=inp.val_from or OPTIONS["val_from"].default(st),
-                preprocess=dict(getattr(data, "preprocess", None) or {}, source="given" if given else "data") if getattr(data, "mean", None) is not None else None)
-
-_INPUT_KEYS = ("data", "image_size", "limit", "val_frac", "val_from", "mean", "std")
-
-def run_inputs(conf:dict # A run's config.json
-              ) -> InputConfig:
-    "The inputs a run record names (its data's `origin`; older records: the flags they kept): the same splits and preprocessing for resume and export checks."
-    src = conf.get("inputs")
-    if src is None:
-        pre = conf.get("preprocess") if (conf.get("preprocess") or {}).get("source") == "given" else {}   # the data's own statistics are measured again
-        src = dict(data=conf.get("data_arg") or conf.get("data"), **{k: conf.get(k) for k in ("image_size", "limit", "val_frac", "val_from")},
-                   mean=pre.get("mean"), std=pre.get("std"))
-    return InputConfig(**{k: (tuple(src[k]) if isinstance(src.get(k), list) else src.get(k)) for k in _INPUT_KEYS})
-
-def input_model(inp:InputConfig, data, model_name:str, settings=None, *, batch_size:int|None=None, seed:int|None=None,
-                device:str="cpu", progress:bool=False) -> nn.Module:
-    "The float model: `inp.weights` loaded, or trained for `fp_epochs` (settings default) and cached by the data's content and the recipe."
-    st = settings or load_settings()
-    return float_model(data, model_name, weights=inp.weights, epochs=inp.fp_epochs or OPTIONS["fp_epochs"].default(st),
-                       batch_size=batch_size, seed=seed, device=device, cache_dir=st.path_("data", "cache"), progress=progress, settings=st)

@@ -20,7 +20,8 @@ from .models import get_model
 from .train import float_model
 from .runs import check_writable, PARTIAL, RunRecord
 from .search import search, check_floor, cost_model, cpu_state, search_units, SearchConfig, STRATEGIES, config_class_for, StepFinished, digest_state
-from .options import OPTIONS, InputConfig, add_options, option_values, parse_path, set_field, input_data, input_model
+from .options import OPTIONS, InputConfig, add_options, option_values, parse_path, set_field
+from .inputs import input_data, input_model
 from .sigmaquant import SigmaQuantConfig
 from .uniform import UniformConfig
 from .methods import method_names as _method_names   # every method, registered once
@@ -454,7 +455,7 @@ def _float_sha1(state:dict) -> str: return digest_state(hashlib.sha1(), state).h
 def sweep_inputs(sc:SweepConfig, settings=None, progress:bool=False):
     "Data bundle, float state_dict and run meta of a sweep (the float model is trained once, here, and cached)."
     st = settings or load_settings(sc.settings)
-    # one input-setup path with the CLI and the explorer (options.input_data / input_model): too few images are refused there
+    # one input-setup path with the CLI and the explorer (inputs.input_data / input_model): too few images are refused there
     inp = InputConfig(data=sc.data, model=sc.model, weights=sc.weights, limit=sc.limit, fp_epochs=sc.fp_epochs,
                       image_size=sc.image_size, sha256=sc.sha256, val_frac=sc.val_frac, download=sc.download)
     data, model_name = input_data(inp, st, progress=progress)

@@ -124,7 +124,8 @@ def test_weights_that_do_not_fit(tmp_path):
 def test_weights_as_saved_elsewhere(tmp_path):
     "A checkpoint saved the way pretrained CIFAR models are shared (wrapped, module.-prefixed, head renamed, no BN counters) loads as it is."
     from sigmaquant_lab.models import DigitsCNN
-    from sigmaquant_lab.options import InputConfig, input_data, input_model
+    from sigmaquant_lab.options import InputConfig
+    from sigmaquant_lab.inputs import input_data, input_model
     from sigmaquant_lab.core import load_settings
     ref = DigitsCNN(); torch.nn.init.normal_(ref.fc.weight)
     sd = {"module." + k.replace("fc.", "classifier."): v for k, v in ref.state_dict().items() if not k.endswith("num_batches_tracked")}
