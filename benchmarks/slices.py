@@ -2,7 +2,7 @@
 
 A GPU is lent by chance and then for minutes, so every minute must end in finished, kept results. The planner
 orders the work by value, estimates each item from measured epoch times, says up front what fits in the time
-budget, runs it one item at a time and writes every finished run at once into one results folder (plus a
+budget, runs it one item at a time (and more while the estimates, rescaled by every finished run, still fit) and writes every finished run at once into one results folder (plus a
 `records.tar.gz` of the small JSON records, for a machine that returns only a few files). The next call — carry
 the folder there and back — continues from it: finished runs are reused, a run killed mid-way resumes from its
 last completed step (its partial run folder), nothing is half-counted.
@@ -382,10 +382,11 @@ def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=s
     src = dict(val_from=proto.get("val_from", "train"), preprocess=dict(data.preprocess, source="given" if "mean" in proto else "data"))
     sl.index(items, t)
     ran = []
-    for it in fits:
+    for it in todo:      # the plan's items, then more while the estimates (rescaled by every finished run) say they fit
         if it.key == "fp32" or sl.done(it.key) is not None: continue
-        if time.perf_counter() - t_start + est[it.key] > budget_s:    # the estimate says it would not finish: leave it whole for next time
-            print(f"  stop before {it.key}: it would not finish in the time left", file=out, flush=True); break
+        est_now = estimate_s(it, proto, t) * t.get("scale", 1.0)
+        if time.perf_counter() - t_start + est_now > budget_s:    # the estimate says it would not finish: leave it whole for next time
+            print(f"  stop before {it.key}: it would not finish in the time left (~{est_now:.0f} s)", file=out, flush=True); break
         cfg = config_for(it, proto, st, sl, str(device))
         part = sl.runs/f"{it.key}.partial"
         resume = part.is_dir() and (part/"config.json").exists()
@@ -401,7 +402,7 @@ def run_plan(proto:dict, name:str, results, budget_s:float, progress=True, out=s
         t.setdefault("ratios", []).append((time.perf_counter() - t0) / estimate_s(it, proto, t))
         t["scale"] = sorted(t["ratios"])[len(t["ratios"]) // 2]; atomic_write_json(tf, t)
         print(f"  done {it.key}: {res.status} test {res.test_acc:.2%} size {res.costs['size_frac']:.1%} BOPs {res.costs['bops_frac']:.1%} "
-              f"in {time.perf_counter() - t0:.0f} s (est {est[it.key]:.0f})", file=out, flush=True)
+              f"in {time.perf_counter() - t0:.0f} s (est {est_now:.0f})", file=out, flush=True)
         sl.index(items, t)
     idx = sl.index(items, t)
     idx["ran"] = ran
