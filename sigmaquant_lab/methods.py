@@ -16,4 +16,4 @@ __all__ = ['method_names']
 def method_names(searches_only:bool=True # Leave out `fixed` (a given map, not a search)
                 ) -> list[str]:
     "Names of the registered methods, sorted."
-    return sorted(c.name for c in STRATEGIES.values() if not (searches_only and c.name == "fixed"))
+    return sorted({c.name for c in STRATEGIES.values() if not (searches_only and c.name == "fixed")})   # a notebook re-running a method's cell registers it again
