@@ -16,8 +16,8 @@ import torch
 
 # %% auto #0
 __all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'parse_bool', 'parse_list',
-           'load_settings', 'ini_defaults', 'ini_kwargs', 'check_bits', 'Budget', 'ceil_sig', 'floor_sig',
-           'seed_everything', 'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
+           'load_settings', 'ini_defaults', 'ini_kwargs', 'check_bits', 'Budget', 'ceil_sig', 'seed_everything',
+           'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
 class SQError(ValueError):
@@ -250,12 +250,6 @@ def ceil_sig(x:float, sig:int=4) -> float:
     if x <= 0 or not math.isfinite(x): return x
     k = sig - 1 - math.floor(math.log10(x))
     return math.ceil(x * 10**k - 1e-9) / 10**k
-
-def floor_sig(x:float, sig:int=4) -> float:
-    "`x` rounded down to `sig` significant digits (a ceiling named in a hint)."
-    if x <= 0 or not math.isfinite(x): return x
-    k = sig - 1 - math.floor(math.log10(x))
-    return math.floor(x * 10**k + 1e-9) / 10**k
 
 # %% ../nbs/00_core.ipynb #4ed2dc51
 def seed_everything(seed:int=0 # Seed for python, numpy and torch

@@ -254,7 +254,7 @@ def export_run(run_dir:str|Path, # A finished run directory
     "Pack a run's final model; return the file and a size report against the size the run reported."
     rec = RunRecord.read(run_dir)
     model, cfg = run_model(rec.path)
-    meta = {k: cfg.get(k) for k in ("method", "data", "data_arg", "image_size", "num_classes", "in_shape", "normalize")}
+    meta = {k: cfg.get(k) for k in ("method", "data", "data_arg", "image_size", "num_classes", "in_shape", "preprocess")}
     rep = export_packed(model, out or rec.path/"model.packed.safetensors",
                         meta=dict(model_name=cfg.get("model_name") or cfg.get("model"), run=rec.path.name, **meta))
     costs = rec.result().get("costs", {}) if rec.has(rec.RESULT) else {}

@@ -147,16 +147,6 @@ class RunDir:
             os.replace(self.path, dst); self.path = dst
         return self
 
-    def write_final(self, result:dict, # The run's result (`asdict(SearchResult)`): bits, a_bits, metrics, predictions summary
-                    state:dict, # The final model's state dict (quantizer steps and activation ranges included)
-                    predictions:dict|None=None): # `prediction_record` of the final model on the test split
-        "Write the final map as the run record keeps it: weight and activation widths, model state, recorded predictions, result."
-        self.write_json("bits.json", result["bits"])
-        self.write_json("act_bits.json", result.get("a_bits") or {})
-        self.save_torch("model.pt", state)
-        if predictions is not None: self.write_json(PREDICTIONS, predictions)
-        self.write_json("result.json", result)
-
     def abort(self):
         "Remove a staging directory (after an error): nothing half-written stays."
         self.unlock()
@@ -211,7 +201,10 @@ class RunRecord:
         self.dir.save_torch(f"states/step-{k}.pt", state); self.dir.save_torch(self.CHECKPOINT, checkpoint())
     def finish(self, result:dict, state:dict, predictions:dict|None=None, manifest:dict|None=None):
         "The final map (widths, model state, recorded predictions, result), the manifest updated; renamed to its final name unless cancelled."
-        self.dir.write_final(result, state, predictions)
+        d = self.dir
+        d.write_json(self.BITS, result["bits"]); d.write_json(self.ACT_BITS, result.get("a_bits") or {}); d.save_torch(self.MODEL, state)
+        if predictions is not None: d.write_json(PREDICTIONS, predictions)
+        d.write_json(self.RESULT, result)
         self.dir.write_json(self.MANIFEST, {**(self.manifest() if self.has(self.MANIFEST) else {}), **(manifest or {})})
         if result.get("status") != "CANCELLED": self.dir.finish()
     def abort(self): self.dir.abort()

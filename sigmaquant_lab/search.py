@@ -609,11 +609,6 @@ def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
     return [dict(name=n, params=int(p), sigma=float(r), sigma_n=float(sn), cluster=(None if cl is None else int(cl[i])),
                  bits=int(bits[n]), a_bits=ab.get(n), kl=float(k)) for i, (n, p, r, sn, k) in enumerate(zip(ctx.layers, ctx.params, raw, s, kl))]
 
-def _normalize(data) -> dict|None:
-    "The preprocessing every batch gets (per-channel mean/std in the data's units), as the run records it."
-    m, sd = getattr(data, "mean", None), getattr(data, "std", None)
-    return None if m is None else dict(mean=[float(v) for v in m], std=[float(v) for v in sd])
-
 def search(model:nn.Module, # Trained float model (left unchanged)
            data, # DataBundle (train/val/test), or a Dataset, DataLoader or (x, y) pair (`dataforms.as_data` carves the splits)
            cfg:SearchConfig, # Method config (its type picks the strategy)
@@ -644,7 +639,8 @@ def search(model:nn.Module, # Trained float model (left unchanged)
     try:
         conf = dict(method=strat.name, **cfg.to_dict(), ours=strat.ours, data=getattr(data, "name", "?"),
                     model=type(model).__name__, num_classes=getattr(data, "num_classes", None),
-                    in_shape=list(getattr(data, "in_shape", ()) or ()), normalize=_normalize(data), inputs=getattr(data, "origin", None), **(meta or {}))
+                    in_shape=list(getattr(data, "in_shape", ()) or ()), preprocess=getattr(data, "preprocess", None),
+                    inputs=getattr(data, "origin", None)) | (meta or {})   # a caller's facts win (the CLI's preprocess says where it came from)
         if resume: ck = _check_resumable(run, conf)
         ctx = SearchContext(model, data, cfg, on_event=on_event, cancel=cancel, run=run, progress=progress, hw=hw)
         if not resume:
