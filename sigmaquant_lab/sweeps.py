@@ -196,12 +196,13 @@ def method_config(method:str, # Registered method name
     fit = "w_bits" in names and "w_bits" not in mo
     if fit and issubclass(cls, UniformConfig):      # the widest W/A pair within every cost budget, pins and image input counted
         kw.update(w_bits=None, a_bits=None, bits=tuple(sc.bits or UNIFORM_WIDTHS)); fit = False
-    if fit: kw.update(fit_uniform(budget, names))
+    if fit:
+        f = fit_uniform(budget, names)
+        if kw.get("bits") and f["w_bits"] not in kw["bits"]: f = fit_uniform(budget, names, tuple(kw["bits"]))   # within the candidates
+        kw.update(f)
     kw.update(mo)
     try:
         cfg = cls(**kw)
-        if fit and cfg.w_bits not in cfg.bits:        # a config that does not add its width to the candidates: fit within them
-            cfg = cls(**{**kw, **fit_uniform(budget, names, cfg.bits), **mo})
         for k, v in nested.items(): cfg = set_field(cfg, k, v, f"method_overrides {method}:")
         cfg.budget.check_reachable(cfg.bits, getattr(cfg, "act_bits", None))
     except TypeError as e: raise SQError(f"{method} config cannot be built: {e}", "check method_overrides") from None
