@@ -6,9 +6,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = str(Path(sys.executable).parent/"sigmaquant-lab")
-# several Phase-2 steps on digits: widths {4,6,8} and a size budget that needs repeated lowering
-ARGS = ["search", "--quiet", "--threads", "1", "--fp-epochs", "6", "--e1", "1", "--e2", "1", "--bits", "2,4,6,8", "--quantizer", "minmax",
-        "--size-frac", "0.4", "--max-acc-drop", "0.0", "--seed", "3"]
+# AMED's Metropolis-Hastings chain has a fixed length (epochs // step_epochs steps, then a fine-tune), whatever the accuracy of the
+# FP32 model it starts from: several completed steps to kill between, and a seeded random proposal that resume must replay exactly.
+# (A SigmaQuant search ends when its targets are met, after as few as two steps on digits: see test_sigmaquant_sigkill_resumes.)
+COMMON = ["search", "--quiet", "--threads", "1", "--fp-epochs", "6", "--bits", "2,4,6,8", "--quantizer", "minmax", "--seed", "3"]
+ARGS = [*COMMON, "--method", "amed", "--size-frac", "0.4", "--max-acc-drop", "0.3"]
+SQ_ARGS = [*COMMON, "--e1", "1", "--e2", "1", "--size-frac", "0.4", "--max-acc-drop", "0.0"]
 
 
 def cli(args, cwd, fault=None, wait=True):
@@ -63,20 +66,33 @@ def test_killed_during_a_write_resumes_to_the_same_result(full, tmp_path, fault)
     assert [e["step"] for e in ev if e["event"] == "StepFinished"] == [h["step"] for h in full_res["history"]]  # no duplicates
 
 
-def test_sigkill_during_qat_resumes_to_the_same_result(full, tmp_path):
-    d, full_res = full
-    out = tmp_path/"runs"
-    p = cli([*ARGS, "--out", str(out), "--name", "q", "--e2", "1"], full[0], wait=False)
-    evf, t0 = out/"q.partial"/"events.jsonl", time.time()
+def kill_after_steps(args, out, name, n_steps, cwd):
+    "Start a run, SIGKILL it once `n_steps` steps are recorded (mid-QAT of the next one), resume it; the resumed result."
+    p = cli([*args, "--out", str(out), "--name", name], cwd, wait=False)
+    evf, t0 = out/f"{name}.partial"/"events.jsonl", time.time()
     while time.time() - t0 < 300:
         n = sum('"StepFinished"' in l for l in evf.read_text().splitlines()) if evf.exists() else 0
-        if n >= 2: break
+        if n >= n_steps: break
         time.sleep(0.02)
     p.send_signal(signal.SIGKILL); p.communicate()
-    assert (out/"q.partial").is_dir()
-    r = cli([*ARGS, "--out", str(out), "--resume", "q"], full[0])
+    assert (out/f"{name}.partial").is_dir() and not (out/name).exists()
+    r = cli([*args, "--out", str(out), "--resume", name], cwd)
     assert r.returncode == 0, r.stderr[-3000:]
-    same_as_full(result(out/"q"), full_res)
+    return result(out/name)
+
+
+def test_sigkill_during_qat_resumes_to_the_same_result(full, tmp_path):
+    d, full_res = full
+    same_as_full(kill_after_steps(ARGS, tmp_path/"runs", "q", 2, d), full_res)
+
+
+def test_sigmaquant_sigkill_resumes(tmp_path):
+    "SigmaQuant killed after its Phase-1 step, during its first Phase-2 QAT, resumes to the uninterrupted run's result."
+    r = cli([*SQ_ARGS, "--out", str(tmp_path/"runs"), "--name", "full"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    full_res = result(tmp_path/"runs"/"full")
+    assert len(full_res["history"]) >= 2 and full_res["history"][1]["phase"] == "phase2", full_res["history"]
+    same_as_full(kill_after_steps(SQ_ARGS, tmp_path/"runs", "q", 1, tmp_path), full_res)
 
 
 def test_resume_refusals(full, tmp_path):
