@@ -17,7 +17,7 @@ import torch
 # %% auto #0
 __all__ = ['BitMap', 'SQError', 'Cancelled', 'find_settings', 'shipped_settings', 'Settings', 'parse_bool', 'parse_list',
            'load_settings', 'ini_defaults', 'ini_kwargs', 'check_bits', 'Budget', 'ceil_sig', 'seed_everything',
-           'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json']
+           'resolve_device', 'fault', 'atomic_write', 'to_jsonable', 'atomic_write_json', 'digest_state']
 
 # %% ../nbs/00_core.ipynb #e240eb8b
 class SQError(ValueError):
@@ -314,3 +314,13 @@ def to_jsonable(o):
 def atomic_write_json(path, obj, indent=1):
     "Write `obj` as JSON atomically."
     return atomic_write(path, json.dumps(to_jsonable(obj), indent=indent, sort_keys=False) + "\n")
+
+# %% ../nbs/00_core.ipynb #dgst0002
+def _digest(h, t:torch.Tensor): h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+def digest_state(h, # A hashlib object, e.g. hashlib.sha256()
+                 state:dict # A state dict (names -> tensors)
+                ):
+    "Feed a state dict (names and raw tensor bytes, in order) into the hashlib object `h`; returns `h`."
+    for k, v in state.items(): h.update(k.encode()); _digest(h, v)
+    return h

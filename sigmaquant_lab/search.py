@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from .core import (SQError, ini_defaults, ini_kwargs, Cancelled, Budget, check_bits, seed_everything, resolve_device,
-                                 load_settings, to_jsonable, ceil_sig)
+                                 load_settings, to_jsonable, ceil_sig, digest_state, _digest)
 from .quant import QuantConfig, quantize_, set_bits_, get_bits, get_act_bits, quant_layers, quantizable_layers, is_quantizable, tied_layers, weight_size_bytes
 from .stats import layer_sigmas, kl_table, act_kl_table, SIGMA_NORMS, KL_NORMS
 from .train import TrainConfig, train_, evaluate, predict, calibrate_
@@ -29,9 +29,8 @@ from .hardware import CostModel, HardwareConfig, MAC_TYPES
 __all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
            'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
            'StateRef', 'cpu_state', 'cost_model', 'cost_floor', 'check_floor', 'search_units', 'check_budgets',
-           'SearchContext', 'Reference', 'digest_state', 'reference_key', 'SearchResult', 'search', 'Search',
-           'qat_cycles', 'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig',
-           'FixedBits']
+           'SearchContext', 'Reference', 'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles',
+           'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -500,13 +499,6 @@ class SearchContext:
 class Reference:
     "A built INT8 reference: accuracies, model state, RNG state and epochs right after it (`search(reference=...)`)."
     key:str; ref:dict; state:dict; rng:dict; epochs:int
-
-def _digest(h, t:torch.Tensor): h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-
-def digest_state(h, state:dict):
-    "Feed a state dict (names and raw tensor bytes, in order) into the hashlib object `h`; returns `h`."
-    for k, v in state.items(): h.update(k.encode()); _digest(h, v)
-    return h
 
 def reference_key(model:nn.Module, data, cfg:SearchConfig) -> str:
     "What an INT8 reference depends on: float weights, data splits, quantizer, QAT recipe, calibration, batch size, seed, device."
