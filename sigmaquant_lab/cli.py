@@ -64,7 +64,7 @@ _data_kwargs = data_kwargs   # the one rule for get_data's keywords (inputs.data
 _DATA_OPTS = ["data", "model", "weights", "image_size", "sha256", "limit", "val_frac", "val_from", "mean", "std", "download"]
 _BUDGET_OPTS = ["max_acc_drop", "size_frac", "energy_frac", "latency_frac", "bops_frac"]
 _SEARCH_OPTS = ["bits", "act_bits", "quantizer", "fp_epochs", "int8_epochs", "e1", "e2", "rounds1", "max_steps", "lr", "batch_size",
-                "pin_first_last", "seed"]
+                "pin_first_last", "seed", "guide", "final_epochs"]
 
 def build_parser() -> argparse.ArgumentParser:
     "The `sigmaquant-lab` argument parser."
@@ -150,7 +150,8 @@ def cmd_search(a, out=None) -> int:
     base = config_class_for(a.method).from_settings(st)
     from dataclasses import replace, fields as _fields
     over = dict(budget=budget, seed=d["seed"], device=d["device"], **{k: v[k] for k in ("bits", "act_bits", "e1", "e2", "int8_epochs", "rounds1",
-                                                                                          "max_steps", "batch_size", "pin_first_last")},
+                                                                                          "max_steps", "batch_size", "pin_first_last",
+                                                                                          "guide", "final_epochs")},
                 quant=replace(base.quant, quantizer=v["quantizer"]) if v["quantizer"] else None,
                 train=replace(base.train, lr=v["lr"]) if v["lr"] else None)
     names = {f.name for f in _fields(base)}

@@ -15,7 +15,7 @@ from fastcore.docments import docments
 from .core import SQError, Budget, check_bits, load_settings, parse_bool, parse_list
 from .quant import QuantConfig, QUANTIZERS
 from .train import TrainConfig
-from .search import SearchConfig
+from .search import SearchConfig, GUIDES
 from .sigmaquant import SigmaQuantConfig
 
 # %% auto #0
@@ -171,6 +171,7 @@ OPTIONS = {o.dest: o for o in [
     Opt(_S, "batch_size", "int", lo=1, eg="128"),
     Opt(_S, "pin_first_last", "int", lo=1, hi=8),
     Opt(_S, "seed", "int", lo=0),
+    Opt(_S, "guide", "choice", choices=GUIDES), Opt(_S, "final_epochs", "int", lo=0, eg="2"),
     Opt(_S, "device", "str"), Opt(RunOptions, "threads", "int", lo=1, eg="2"),
 ]}
 

@@ -207,6 +207,7 @@ class RunRecord:
         d.write_json(self.RESULT, result)
         self.dir.write_json(self.MANIFEST, {**(self.manifest() if self.has(self.MANIFEST) else {}), **(manifest or {})})
         if result.get("status") != "CANCELLED": self.dir.finish()
+        else: self.dir.unlock()           # kept as <name>.partial to resume; another process (or a later call here) may reopen it
     def abort(self): self.dir.abort()
     def unlock(self): self.dir.unlock(); return self
 

@@ -24,13 +24,15 @@ from .runs import RunRecord, NullRecord, prediction_record, summary_of
 from .data import DataBundle, check_splits
 from .dataforms import as_data, check_model_data
 from .hardware import CostModel, HardwareConfig, MAC_TYPES
+from .estimate import EstimateConfig, Estimator
 
 # %% auto #0
-__all__ = ['STATUSES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished', 'RunFinished',
-           'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for', 'Choice',
-           'StateRef', 'cpu_state', 'cost_model', 'cost_floor', 'check_floor', 'search_units', 'check_budgets',
-           'SearchContext', 'Reference', 'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles',
-           'search_epochs', 'map_costs', 'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
+__all__ = ['STATUSES', 'GUIDES', 'STRATEGIES', 'EVENTS', 'Event', 'RunStarted', 'PhaseStarted', 'Progress', 'StepFinished',
+           'RunFinished', 'SearchConfig', 'config_from_dict', 'register_strategy', 'config_class_for', 'strategy_for',
+           'Choice', 'StateRef', 'cpu_state', 'cost_model', 'cost_floor', 'check_floor', 'search_units',
+           'check_budgets', 'LiveMeasurer', 'EstimateMeasurer', 'ReplayMeasurer', 'SearchContext', 'Reference',
+           'reference_key', 'SearchResult', 'search', 'Search', 'qat_cycles', 'search_epochs', 'map_costs',
+           'over_budget', 'train_map', 'point_choice', 'FixedBitsConfig', 'FixedBits']
 
 # %% ../nbs/08_search.ipynb #22509816
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Progress(Event):
 class StepFinished(Event):
     phase:str; step:int; bits:dict; acc:float; costs:dict; decision:str; wall_s:float; epochs:int
     kl:list=field(default_factory=list); extra:dict=field(default_factory=dict); a_bits:dict=field(default_factory=dict)
+    acc_kind:str="measured" # "measured" (after QAT) or "estimate" (post-training, `guide=ptq`): never shown as the other
 
 @dataclass(frozen=True)
 class RunFinished(Event):
@@ -63,6 +66,7 @@ class RunFinished(Event):
     a_bits:dict=field(default_factory=dict)
 
 STATUSES = ("OK", "BEST_EFFORT", "INFEASIBLE", "CANCELLED")
+GUIDES = ("qat", "ptq")
 
 # %% ../nbs/08_search.ipynb #ef42f2f3
 @dataclass(frozen=True)
@@ -86,8 +90,14 @@ class SearchConfig:
     mac:str # MAC array the energy/latency budgets refer to: shift_add | int8
     hardware:HardwareConfig=HardwareConfig() # Hardware cost model constants (settings.ini [hardware])
     strict:bool # Refuse models with weighted layers that cannot be quantized (False: keep them in float, 32-bit weights in the full size, outside the budgets)
+    guide:str # What decisions measure: qat (short QAT cycles, the paper) | ptq (post-training estimates; QAT only for the final map)
+    final_epochs:int # guide=ptq: QAT epochs of the chosen map
+    estimate:EstimateConfig=EstimateConfig() # guide=ptq: how an estimate is measured (settings.ini [estimate])
     def __post_init__(self):
         object.__setattr__(self, "bits", check_bits(self.bits))
+        if self.guide not in GUIDES: raise SQError(f"guide={self.guide!r} is unknown", f"use one of {', '.join(GUIDES)}")
+        if isinstance(self.final_epochs, bool) or not isinstance(self.final_epochs, int) or self.final_epochs < 0:
+            raise SQError(f"final_epochs={self.final_epochs!r} is not a non-negative integer", "give final_epochs as an integer >= 0, e.g. 2")
         if self.act_bits is not None: object.__setattr__(self, "act_bits", check_bits(self.act_bits))
         a8 = self.quant.a_bits
         if getattr(self.budget, "bops_frac", None) is not None and a8 is not None and a8 not in (self.act_bits or self.bits):
@@ -213,8 +223,85 @@ def check_budgets(model:nn.Module, data, cfg:SearchConfig) -> dict:
     hw = cost_model(model, data, cfg)
     return check_floor(hw, search_units(model, hw)[0], cfg)
 
+class LiveMeasurer:
+    "Measures on the live model: calibrates, trains, evaluates; σ, KL and `recorded` values from the current weights (guide=qat)."
+    kind = "measured"     # what its validation accuracy is
+    def __init__(self, ctx:"SearchContext"): self.ctx = ctx
+    def trains(self, loop=None) -> bool: return True
+    def calibrate(self):
+        c = self.ctx; calibrate_(c.model, c.loaders["train"], c.cfg.calib_batches, cancel=c.cancel)
+    def train(self, epochs:int, what:str, loop=None) -> dict:
+        c = self.ctx
+        rep = loop(epochs) if loop is not None else train_(c.model, c.loaders["train"], replace(c.cfg.train, epochs=epochs),
+                                                            on_progress=c._on_progress, cancel=c.cancel, progress=c.progress, desc=what)
+        c.epochs += epochs
+        return rep or {}
+    def evaluate(self, split:str) -> float:
+        c = self.ctx; return evaluate(c.model, c.loaders[split], bf16=c.cfg.train.bf16, cancel=c.cancel)
+    def costs(self, bits:dict, a_bits:dict|None) -> dict: return self.ctx.compute_costs(bits, a_bits)
+    def sigmas(self, norm:str):
+        ql = quant_layers(self.ctx.model)
+        _, raw, s = layer_sigmas({n: ql[n].weight.detach() for n in self.ctx.layers}, norm); return raw, s
+    def kl(self, bits:dict, norm:str):
+        c = self.ctx; ql = quant_layers(c.model)
+        _, _, t = kl_table({n: ql[n].weight.detach().cpu() for n in c.layers}, c.cfg.bits, norm)
+        col = {b: i for i, b in enumerate(c.cfg.bits)}
+        return t, np.array([t[i, col[bits[n]]] if bits[n] in col else 0.0 for i, n in enumerate(c.layers)])
+    def recorded(self, key:str, fn:Callable, pending:dict):
+        if key not in pending: pending[key] = to_jsonable(fn())    # measured once per step, travels in its StepFinished
+        return pending[key]
+    def state(self): return cpu_state(self.ctx.model)
+    def load_state(self, state): self.ctx.model.load_state_dict(_state(state))
+
+class EstimateMeasurer(LiveMeasurer):
+    "guide=ptq: every validation accuracy a decision reads is a post-training estimate of the current map; no QAT cycles."
+    kind = "estimate"
+    def __init__(self, ctx:"SearchContext"):
+        super().__init__(ctx)
+        if not hasattr(ctx.data, "split"):
+            raise SQError("guide=ptq needs the data as a DataBundle (its validation split is sampled for estimates)",
+                          "pass a DataBundle (get_data / as_data), or use guide=qat")
+        ref = copy.deepcopy(ctx.model)           # the estimates start from the INT8 reference's weights
+        set_bits_(ref, ctx.ref_snapshot["bits"]); ref.load_state_dict(_state(ctx.ref_snapshot["state"]))
+        c, n_val = ctx.cfg, len(ctx.data.split("val")[1])
+        ecfg = replace(c.estimate, sample=min(c.estimate.sample, n_val))   # a search samples at most its validation split
+        self.estimator = Estimator(ref, ctx.data, ecfg, candidates=c.bits, act_candidates=ctx.act_candidates, layers=ctx.layers,
+                                   device=ctx.device)
+        del ref
+    def trains(self, loop=None) -> bool: return loop is not None   # a method's own learning loop (DiffMP) is how it decides: it runs
+    def train(self, epochs:int, what:str, loop=None) -> dict: return super().train(epochs, what, loop) if loop is not None else {}
+    def evaluate(self, split:str) -> float:
+        if split != "val": return super().evaluate(split)
+        c = self.ctx
+        return self.estimator(get_bits(c.model), get_act_bits(c.model), cancel=c.cancel).acc
+
+class ReplayMeasurer:
+    "Resume: each measurement of a recorded step is read back from the record; nothing is calibrated, trained or evaluated."
+    def __init__(self, ctx:"SearchContext", steps:list[dict]): self.ctx, self.steps = ctx, list(steps)
+    @property
+    def kind(self) -> str: return self.ctx.guided.kind
+    def trains(self, loop=None) -> bool: return self.ctx.guided.trains(loop)
+    def calibrate(self): pass
+    def train(self, epochs:int, what:str, loop=None) -> dict:
+        if self.trains(loop): self.ctx.epochs += epochs    # counted as the live run counted them
+        return {}
+    def evaluate(self, split:str) -> float:
+        if split != "val": raise SQError(f"a replayed step asked for a {split} accuracy", "only validation accuracy is recorded per step")
+        return self.steps[0]["acc"]
+    def costs(self, bits:dict, a_bits:dict|None) -> dict: return self.steps[0]["costs"]
+    def sigmas(self, norm:str):
+        x = self.steps[0]["extra"]
+        return (np.array(x["sigma"]), np.array(x["sigma_n"])) if "sigma" in x else self.ctx.live.sigmas(norm)
+    def kl(self, bits:dict, norm:str): return None, np.array(self.steps[0]["kl"])
+    def recorded(self, key:str, fn:Callable, pending:dict):
+        m = self.steps[0]["extra"].get("measured", {})
+        if key not in m: raise SQError(f"the run record has no measurement {key!r} to replay", "the code changed since the run started; start a new run")
+        return m[key]
+    def state(self): return StateRef(self.ctx.run.path/f"states/step-{self.ctx.n_steps}.pt")   # the replayed step's state is on disk
+    def load_state(self, state): pass
+
 class SearchContext:
-    "Shared measuring machinery of a search."
+    "Shared measuring machinery of a search; what a measurement reads comes from its measurer (live, estimate or replay), chosen once per phase of the run."
     def __init__(self, model:nn.Module, data, cfg:SearchConfig, *, on_event:Callable|None=None, cancel=None,
                  run:RunRecord|None=None, progress:bool=False, hw:CostModel|None=None):
         self.cfg, self.data, self.cancel, self.progress = cfg, data, cancel, progress
@@ -234,8 +321,10 @@ class SearchContext:
         self.loaders = {s: data.loader(s, batch_size=cfg.batch_size, device=self.device, seed=cfg.seed)
                         for s in ("train", "val", "test")}
         self.events, self.epochs, self.t0, self._last_progress = [], 0, time.perf_counter(), 0.0
-        self.replay:list[dict] = []    # recorded StepFinished events still to replay (resume)
-        self._measured:dict = {}         # `recorded` values waiting for the next StepFinished
+        # the live measurer builds the INT8 reference; `start_guide` then picks the decisions' measurer (`guided`), and a
+        # resumed run reads its recorded steps back first (`replay_steps`)
+        self.live = self.guided = self.measurer = LiveMeasurer(self)
+        self._pending:dict = {}         # `recorded` values waiting for the next StepFinished
         self.ref: dict = {}
         self.pinned = self._pins()
         # MACs per unit, layer order (a shared weight: every layer that uses it)
@@ -271,18 +360,14 @@ class SearchContext:
         bits = {**{n: bits[n] for n in self.layers}, **self.pinned}
         set_bits_(self.model, bits, candidates=self.cfg.bits)
         if a_bits: set_bits_(self.model, a_bits, act=True)
-        if not self.replaying: calibrate_(self.model, self.loaders["train"], self.cfg.calib_batches, cancel=self.cancel)
+        self.measurer.calibrate()
         return bits
 
     def train(self, epochs:int, what:str="qat", loop:Callable[[int], dict|None]|None=None) -> dict:
-        "The one training hook of every strategy: `epochs` epochs of the QAT recipe, or of `loop(epochs)` (a method's own learning loop); counted, cancellable, and skipped (only counted) while a resumed run replays its recorded steps."
+        "The one training hook of every strategy: `epochs` epochs of the QAT recipe, or of `loop(epochs)` (a method's own learning loop); counted and cancellable. The measurer decides: guide=ptq skips QAT cycles while deciding, a resumed run only counts its recorded ones."
         self.check_cancel()
         if epochs <= 0: return {}
-        if self.replaying: self.epochs += epochs; return {}
-        rep = loop(epochs) if loop is not None else train_(self.model, self.loaders["train"], replace(self.cfg.train, epochs=epochs),
-                                                            on_progress=self._on_progress, cancel=self.cancel, progress=self.progress, desc=what)
-        self.epochs += epochs
-        return rep or {}
+        return self.measurer.train(epochs, what, loop)
 
     def qat(self, epochs:int, what:str="qat") -> dict:
         "Short QAT cycle of `epochs` epochs of the recipe (progress events, cancel per batch): `train` without a loop of its own."
@@ -298,13 +383,18 @@ class SearchContext:
         return dict(bits=bits, a_bits=snap["a_bits"], acc=acc, costs=costs, snap=snap)
 
     def evaluate(self, split:str="val") -> float:
-        "Accuracy on a split (decisions use `val`)."
-        if self.replaying and split == "val": return self.replay[0]["acc"]
-        return evaluate(self.model, self.loaders[split], bf16=self.cfg.train.bf16, cancel=self.cancel)
+        "Accuracy on a split (decisions use `val`; under guide=ptq that is an estimate until the final QAT: `acc_kind`)."
+        return self.measurer.evaluate(split)
+
+    @property
+    def acc_kind(self) -> str: return self.measurer.kind
 
     def costs(self, bits:dict, a_bits:dict|None=None) -> dict:
         "Size, BOPs and simulated hardware costs of a bit map (activation widths: `a_bits` or the model's), as fractions of INT8."
-        if self.replaying: return self.replay[0]["costs"]
+        return self.measurer.costs(bits, a_bits)
+
+    def compute_costs(self, bits:dict, a_bits:dict|None=None) -> dict:
+        "`costs`, computed from the model and the cost model."
         a_bits = a_bits or get_act_bits(self.model)
         b = np.array([bits[n] for n in self.layers], dtype=np.float64)
         size = float((self.params * b).sum() / 8)
@@ -350,18 +440,11 @@ class SearchContext:
 
     def sigmas(self, norm:str="minmax"):
         "Raw and normalised σ of the current float weights, in layer order."
-        if self.replaying and "sigma" in self.replay[0]["extra"]:
-            x = self.replay[0]["extra"]; return np.array(x["sigma"]), np.array(x["sigma_n"])
-        ql = quant_layers(self.model)
-        _, raw, s = layer_sigmas({n: ql[n].weight.detach() for n in self.layers}, norm); return raw, s
+        return self.measurer.sigmas(norm)
 
     def kl(self, bits:dict, norm:str="kl2") -> tuple[np.ndarray, np.ndarray]:
-        "KL table (layers × candidate bits) and each layer's KL at its width in `bits`."
-        if self.replaying: return None, np.array(self.replay[0]["kl"])
-        ql = quant_layers(self.model)
-        _, _, t = kl_table({n: ql[n].weight.detach().cpu() for n in self.layers}, self.cfg.bits, norm)
-        col = {b: i for i, b in enumerate(self.cfg.bits)}
-        return t, np.array([t[i, col[bits[n]]] if bits[n] in col else 0.0 for i, n in enumerate(self.layers)])
+        "KL table (layers × candidate bits; None when replayed) and each layer's KL at its width in `bits`."
+        return self.measurer.kl(bits, norm)
 
     def act_kl(self, a_bits:dict|None=None) -> np.ndarray:
         "Normalised KL of each layer's input activations at its width (sampled on a calibration batch; recorded for replay)."
@@ -392,20 +475,34 @@ class SearchContext:
         return np.array(self.recorded("act_kl_table", measure))
 
     def snapshot(self) -> dict:
-        "Bits + a CPU copy of the model state (to roll back to)."
-        if self.replaying:   # the state of the step being replayed is on disk
-            return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model), state=StateRef(self.run.path/f"states/step-{self.n_steps}.pt"))
-        return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model), state=cpu_state(self.model))
+        "Bits + a CPU copy of the model state (to roll back to; while replaying, the step's state on disk)."
+        return dict(bits=get_bits(self.model), a_bits=get_act_bits(self.model), state=self.measurer.state())
 
     def restore(self, snap:dict):
         "Go back to a snapshot."
         set_bits_(self.model, snap["bits"])
         if snap.get("a_bits"): set_bits_(self.model, snap["a_bits"], act=True)
-        if not self.replaying: self.model.load_state_dict(_state(snap["state"]))
+        self.measurer.load_state(snap["state"])
 
-    # --- resume --------------------------------------------------------------------------------
+    # --- guide and resume ----------------------------------------------------------------------
+    def start_guide(self):
+        "After the INT8 reference: decisions read the guide's measurer (guide=ptq: post-training estimates)."
+        self.guided = EstimateMeasurer(self) if self.cfg.guide == "ptq" else self.live
+        if not self.replaying: self.measurer = self.guided
+
+    def end_guide(self):
+        "guide=ptq, the map chosen: from here on every accuracy is measured (the final QAT)."
+        self.guided = self.live
+        if not self.replaying: self.measurer = self.live
+
+    def replay_steps(self, steps:list[dict]):
+        "Resume: read these recorded steps back before measuring live again."
+        if steps: self.measurer = ReplayMeasurer(self, steps)
+
     @property
-    def replaying(self) -> bool: return bool(self.replay)
+    def replaying(self) -> bool: return isinstance(self.measurer, ReplayMeasurer)
+    @property
+    def replay(self) -> list[dict]: return self.measurer.steps if self.replaying else []
     @property
     def n_steps(self) -> int: return sum(e["event"] == "StepFinished" for e in self.events)
 
@@ -429,7 +526,7 @@ class SearchContext:
 
     def end_replay(self, ck:dict):
         "The last recorded step was replayed: continue live from its checkpoint."
-        self.replay = []
+        self.measurer = self.guided
         set_bits_(self.model, ck["bits"])
         if ck.get("a_bits"): set_bits_(self.model, ck["a_bits"], act=True)
         self.model.load_state_dict(self.run.step_state(ck['n_steps'] - 1))
@@ -458,21 +555,15 @@ class SearchContext:
 
     def recorded(self, key:str, fn:Callable):
         "`fn()` computed live and recorded with the next step, or read back from the record when replaying."
-        if self.replaying:
-            m = self.replay[0]["extra"].get("measured", {})
-            if key not in m: raise SQError(f"the run record has no measurement {key!r} to replay", "the code changed since the run started; start a new run")
-            return m[key]
-        if key in self._measured: return self._measured[key]    # measured once per step
-        v = to_jsonable(fn()); self._measured[key] = v
-        return v
+        return self.measurer.recorded(key, fn, self._pending)
 
     def step_event(self, phase, step, bits, acc, costs, decision, kl=None, a_bits=None, **extra) -> StepFinished:
         "Build a StepFinished with timing filled in (and any `recorded` measurements attached)."
-        if self._measured: extra = {**extra, "measured": self._measured}; self._measured = {}
+        if self._pending: extra = {**extra, "measured": self._pending}; self._pending = {}
         return StepFinished(phase=phase, step=step, bits=dict(bits), acc=acc, costs=costs, decision=decision,
                             wall_s=time.perf_counter() - self.t0, epochs=self.epochs,
                             kl=[] if kl is None else [float(x) for x in kl], extra=extra,
-                            a_bits=dict(a_bits if a_bits is not None else get_act_bits(self.model)))
+                            a_bits=dict(a_bits if a_bits is not None else get_act_bits(self.model)), acc_kind=self.acc_kind)
 
     # --- reference -----------------------------------------------------------------------------
     def build_reference(self):
@@ -556,6 +647,12 @@ class SearchResult:
                 h = c[mac]
                 lines.append(f"{lab + ' MAC' if mac == 'shift_add' else lab:<14}energy {h['energy_frac']:.1%}  latency {h['latency_frac']:.1%}  "
                              f"MAC area {h['area_frac']:.1%} of INT8 (simulated{', exact zero-skipping' if mac == 'shift_add' and c.get('exact_cycles') else ''})")
+        if (self.config or {}).get("guide") == "ptq":
+            fin = next((h for h in reversed(self.history) if h["phase"] == "final"), None)
+            est = fin and fin.get("extra", {}).get("measured", {}).get("estimate")
+            n_est = sum(h.get("acc_kind") == "estimate" for h in self.history)
+            lines.append(f"guide         ptq: {n_est} decisions on post-training estimates, QAT only for the chosen map"
+                         + (f" (estimate {est:.2%}, measured {fin['acc']:.2%} after {self.config.get('final_epochs')} epochs)" if est is not None else ""))
         lines.append(f"search cost   {self.epochs} QAT epochs, {self.wall_s:.1f} s" + (f"   run: {self.run_dir}" if self.run_dir else ""))
         return "\n".join(lines)
 
@@ -592,6 +689,27 @@ def _int8_fast_path(ctx:SearchContext):
     yield PhaseStarted("int8_fast_path", dict(reason="the INT8 reference meets every budget"))
     return Choice("OK", {n: 8 for n in ctx.layers}, ctx.ref_snapshot["state"],
                   "the INT8 reference already meets every budget: returned at once, 0 search epochs")
+
+def _ptq_guided(ctx:SearchContext, steps:Iterator):
+    "guide=ptq: the strategy decides on estimates; its chosen map then gets the search's QAT, and the measured accuracy decides the status."
+    choice = yield from steps
+    if choice.state is not None: ctx.restore(dict(bits=choice.bits, a_bits=choice.a_bits, state=choice.state))
+    else: ctx.apply(choice.bits, choice.a_bits)
+    est = ctx.recorded("estimate", lambda: ctx.evaluate("val"))      # the chosen map's estimate, kept beside its measurement
+    ctx.end_guide()
+    c = ctx.cfg
+    yield PhaseStarted("final_qat", dict(epochs=c.final_epochs, guide="ptq", estimate=est))
+    pt = ctx.measure(choice.bits, c.final_epochs, "final qat", choice.a_bits)
+    ok = ctx.meets(pt["acc"], pt["costs"])
+    if ok: status, reason = "OK", choice.reason if choice.status == "OK" else f"met after the final QAT (on estimates: {choice.status}, {choice.reason})"
+    elif choice.status == "OK":
+        status = "BEST_EFFORT" if ctx.cfg.budget.fits(pt["costs"]) else "INFEASIBLE"
+        reason = (f"the estimate met the accuracy target; measured after the final QAT {100*(ctx.acc_target - pt['acc']):.2f} pt short "
+                  f"(raise final_epochs, or use guide=qat)")
+    else: status, reason = choice.status, choice.reason
+    yield ctx.step_event("final", 0, pt["bits"], pt["acc"], pt["costs"], f"final QAT of the chosen map ({c.final_epochs} epochs)",
+                         a_bits=pt["a_bits"], estimate=est)
+    return Choice(status, pt["bits"], pt["snap"]["state"], reason, choice.extra, pt["a_bits"])
 
 def _layer_rows(ctx:SearchContext, bits:dict, extra:dict) -> list[dict]:
     raw, s = ctx.sigmas(getattr(ctx.cfg, "sigma_norm", "minmax"))
@@ -641,7 +759,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
         if ck is not None and ck.get("reference") is not None:      # resume: the reference is on disk
             ctx.ref, ctx.ref_snapshot = ck["reference"], dict(bits={n: 8 for n in ctx.layers}, state=StateRef(run.path/run.REFERENCE_STATE, "state"))
             run.rewrite_events(ck["events"])
-            ctx.replay = [e for e in ck["events"] if e["event"] == "StepFinished"]
+            ctx.replay_steps([e for e in ck["events"] if e["event"] == "StepFinished"])
             ctx.t0 -= ck.get("elapsed_s", 0.0)
             if not ctx.replay:                      # killed before the first step: continue right after the reference
                 ref_ck = run.reference_state(); ctx.set_rng_state(ref_ck["rng"]); ctx.epochs = ref_ck["epochs"]
@@ -655,7 +773,9 @@ def search(model:nn.Module, # Trained float model (left unchanged)
             int8 = reference or Reference(reference_key(model, data, cfg), dict(ref), ctx.ref_snapshot["state"], rng, ctx.epochs)
             run.reference(ref, ctx.ref_snapshot["state"], rng, ctx.epochs)
             ctx.emit(RunStarted(strat.name, conf, ctx.layers, ctx.params.tolist(), ref, None if run.final_path is None else str(run.final_path)))
-        gen = strat.steps(ctx) if not (strat.budget_driven and not ctx.replaying and ctx.int8_meets()) else _int8_fast_path(ctx)
+        ctx.start_guide()
+        fast = strat.budget_driven and not ctx.replaying and ctx.int8_meets()
+        gen = _int8_fast_path(ctx) if fast else strat.steps(ctx) if cfg.guide == "qat" else _ptq_guided(ctx, strat.steps(ctx))
         while True:
             try: ev = next(gen)
             except StopIteration as stop: choice = stop.value; break
@@ -667,7 +787,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
                                       "the code or config changed since the run started; start a new run")
                     ctx.events.append(rec)
                     if ctx.on_event is not None: ctx.on_event(ev)
-                    ctx.replay.pop(0)
+                    ctx.replay.pop(0)     # the replay measurer's list
                     if not ctx.replay: ctx.events = list(ck["events"]); ctx.end_replay(ck)
                 elif ctx.on_event is not None: ctx.on_event(ev)
                 continue
@@ -683,6 +803,7 @@ def search(model:nn.Module, # Trained float model (left unchanged)
         if resume: run.unlock()       # keep the interrupted run resumable
         else: run.abort()
         raise
+    ctx.end_guide()                             # what the run reports is measured, whatever guided its decisions
     if choice.state is not None: ctx.restore(dict(bits=choice.bits, a_bits=choice.a_bits, state=choice.state))
     else:
         set_bits_(ctx.model, choice.bits)
