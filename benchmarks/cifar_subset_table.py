@@ -92,7 +92,7 @@ def table(name, proto, fp, rows) -> str:
 
 def plot(rows, path):
     import holoviews as hv
-    from bokeh.resources import INLINE
+    from bokeh.resources import CDN     # a small file (BokehJS from its CDN when viewed)
     hv.extension("bokeh", logo=False)
     lad = sorted([r for r in rows if r["w"] is not None], key=lambda r: r["size_frac"])
     panes = []
@@ -102,7 +102,7 @@ def plot(rows, path):
             pts = [(r[x], r["test_acc"]) for r in rows if r["method"] == m and r["cell"] is not None]
             if pts: ov = ov * hv.Scatter(pts, x, "test_acc", label=m).opts(size=8)
         panes.append(ov.opts(title=f"test accuracy vs {x}", width=520, height=380, legend_position="bottom_right"))
-    hv.save(hv.Layout(panes).cols(2), str(path), resources=INLINE)
+    hv.save(hv.Layout(panes).cols(2), str(path), resources=CDN)
 
 
 def main(argv=None):

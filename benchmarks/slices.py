@@ -60,7 +60,7 @@ from sigmaquant_lab.quant import QuantConfig, quantize_
 from sigmaquant_lab.search import search, config_class_for, search_epochs
 from sigmaquant_lab.train import TrainConfig, train_, evaluate
 from sigmaquant_lab.uniform import UniformConfig
-import sigmaquant_lab.amed, sigmaquant_lab.hawq, sigmaquant_lab.diffmp   # register the peers
+import sigmaquant_lab.methods   # every method, registered once
 
 W2A2 = 4 / 64                         # BOPs of uniform W2A2 as a fraction of INT8
 LADDER = ((8, 8), (4, 8), (2, 8), (4, 4), (3, 3), (2, 2), (2, 3), (3, 2), (2, 4), (4, 2))
