@@ -42,8 +42,9 @@ from sigmaquant_lab.core import Budget, load_settings, resolve_device, seed_ever
 from sigmaquant_lab.data import get_data
 from sigmaquant_lab.models import get_model
 from sigmaquant_lab.train import TrainConfig, train_, evaluate
-from sigmaquant_lab.sweeps import (SweepConfig, run_sweep, plan_sweep, summarize, summary_table, pareto_plot, default_methods,
-                                   budget_tag)
+from sigmaquant_lab.sweeps import SweepConfig, plan_sweep, default_methods, budget_tag
+from sigmaquant_lab.sweep_run import run_sweep
+from sigmaquant_lab.sweep_summary import summarize, summary_table, pareto_plot
 
 SIZE_FRACS = (0.25, 0.3, 0.375, 0.5, 0.75)           # average weight widths 2, 2.4, 3, 4, 6 bits (A8)
 BOPS_MULTS = (1.5, 2.0, 4.0)                         # x the BOPs of uniform W2A2 (= 4/64 of INT8)

@@ -6,8 +6,10 @@ from pathlib import Path
 import pytest
 
 from sigmaquant_lab.core import SQError
-from sigmaquant_lab.sweeps import (SweepConfig, run_sweep, summarize, summary_table, add_sweep_parser, cmd_sweep, method_names,
-                                   load_sweep, plan_sweep)
+from sigmaquant_lab.sweeps import SweepConfig, method_names, plan_sweep
+from sigmaquant_lab.sweep_run import run_sweep, load_sweep
+from sigmaquant_lab.sweep_summary import summarize, summary_table
+from sigmaquant_lab.cli import add_sweep_parser, cmd_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 OTHER = "uniform" if "uniform" in method_names() else "fixed"       # a second method, whatever baselines have landed
