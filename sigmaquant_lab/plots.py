@@ -30,8 +30,8 @@ from .hardware import CostModel, HWCosts, MAC_TYPES
 from .stats import kl_table
 
 # %% auto #0
-__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLOR', 'FRONT_AXES',
-           'ESTIMATE_COLOR', 'MEASURED_COLOR', 'LOG_COLUMNS', 'VIEWS', 'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot',
+__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLOR', 'ESTIMATE_COLOR',
+           'MEASURED_COLOR', 'FRONT_AXES', 'LOG_COLUMNS', 'VIEWS', 'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot',
            'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot', 'kl_data', 'kl_heatmap', 'bits_data',
            'bits_plot', 'costs_data', 'costs_plot', 'hardware_data', 'hardware_plot', 'zone_bounds', 'zone_data',
            'zone_plot', 'sensitivity_data', 'sensitivity_heatmap', 'estimate_front_data', 'estimate_front_plot',
@@ -62,6 +62,7 @@ class Snapshot:
     source:str="preview" # Where `bits` come from
     title:str="" # Dataset / model label
     peers:tuple=() # Other maps for the zone plane: dicts with label, method, size_frac, drop_pt, acc (uniform ladder, other runs)
+    estimate:dict|None=None # A map's post-training estimate (acc, drop_pt vs the INT8 map's estimate, size_frac, bits; kind "estimate"): a hollow marker until QAT measures a map
 
     @property
     def bit_map(self) -> dict: return dict(zip(self.layers, self.bits))
@@ -76,12 +77,12 @@ class Snapshot:
 def trajectory_point(step, # A `StepFinished` or its `to_dict()`
                      ref_acc:float # INT8 reference validation accuracy
                     ) -> dict:
-    "One point of the search trajectory: phase, step, accuracy, drop (points), cost fractions, decision."
+    "One point of the search trajectory: phase, step, accuracy, drop (points), cost fractions, decision, and whether `acc` was measured or estimated."
     g = step.get if isinstance(step, dict) else (lambda k, d=None: getattr(step, k, d))
     c = g("costs") or {}
     return dict(phase=g("phase"), step=int(g("step")), acc=float(g("acc")), drop_pt=(ref_acc - float(g("acc"))) * 100,
                 size_frac=float(c.get("size_frac", np.nan)), energy_frac=float(c.get("energy_frac", np.nan)),
-                latency_frac=float(c.get("latency_frac", np.nan)), decision=str(g("decision")))
+                latency_frac=float(c.get("latency_frac", np.nan)), decision=str(g("decision")), acc_kind=str(g("acc_kind") or "measured"))
 
 # %% ../nbs/13_plots.ipynb #16953650
 def _phase1_extra(history:list) -> dict:
@@ -126,6 +127,7 @@ CLUSTER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564
 ZONE_COLORS = {"target": "#1a9850", "increase": "#fdae61", "decrease": "#74add1", "abandon": "#d73027"}
 PHASE_COLORS = {"phase1": "#7570b3", "phase2": "#d95f02", "fixed": "#666666"}
 PEER_COLOR = "#bbbbbb"   # peers on the zone plane (uniform ladder, other runs): grey squares, labelled
+ESTIMATE_COLOR, MEASURED_COLOR = "#377eb8", "#d95f02"   # post-training estimates: hollow, labelled "estimate"; measured: filled
 
 _BASE = dict(responsive=True, height=260, toolbar=None, fontsize={"title": "10pt"})
 
@@ -258,7 +260,7 @@ def hardware_plot(s:Snapshot, metric:str="energy" # "energy" or "latency"
 # %% ../nbs/13_plots.ipynb #344ec6f5
 def zone_bounds(s:Snapshot) -> tuple:
     "Axis ranges (x0, x1, y0, y1) of the zone plane: the budget, INT8, every trajectory point and every peer."
-    pts = (*s.history, *s.peers)
+    pts = (*s.history, *s.peers, *((s.estimate,) if s.estimate else ()))
     xs = [p["size_frac"] * 100 for p in pts if p["size_frac"] == p["size_frac"]]
     ys = [p["drop_pt"] for p in pts if p["drop_pt"] == p["drop_pt"]]
     bx, by = s.budget.size_frac * 100, s.budget.max_acc_drop * 100
@@ -281,19 +283,26 @@ def zone_data(s:Snapshot) -> ViewData:
     path = dict(xs=[size], ys=[drop])
     dots = dict(size=size, drop=drop, phase=["INT8"] + [p["phase"] for p in h], step=np.array([-1] + [p["step"] for p in h]),
                 decision=["reference"] + [p["decision"] for p in h], acc=np.array([(s.ref or {}).get("acc_val", np.nan)] + [p["acc"] for p in h], float),
-                color=["#000000"] + [PHASE_COLORS.get(p["phase"], "#000000") for p in h],
+                color=["#000000"] + [PHASE_COLORS.get(p["phase"], "#000000") if p.get("acc_kind", "measured") != "estimate" else "#ffffff" for p in h],
                 dot=np.where(last, 14, 8), ring=list(np.where(last, "#000000", "#ffffff")), lw=np.where(last, 3, 1))
+    for i, p in enumerate(h, 1):                 # a step whose accuracy is an estimate (guide=ptq): hollow, ringed in its phase colour
+        if p.get("acc_kind", "measured") == "estimate" and not last[i]: dots["ring"][i], dots["lw"][i] = PHASE_COLORS.get(p["phase"], "#000000"), 2
+    e = s.estimate if s.estimate and s.estimate.get("drop_pt") == s.estimate.get("drop_pt") else None
+    est = dict(size=np.array([e["size_frac"] * 100] if e else [], float), drop=np.array([e["drop_pt"]] if e else [], float),
+               acc=np.array([e["acc"]] if e else [], float), label=["estimate"] if e else [])
+    est_labels = dict(x=est["size"], y=est["drop"], text=est["label"])
     pe = [p for p in s.peers if p["size_frac"] == p["size_frac"] and p["drop_pt"] == p["drop_pt"]]
     peers = dict(size=np.array([p["size_frac"] * 100 for p in pe], float), drop=np.array([p["drop_pt"] for p in pe], float),
                  label=[p["label"] for p in pe], method=[p.get("method", "") for p in pe], acc=np.array([p.get("acc", np.nan) for p in pe], float))
     peer_labels = dict(x=peers["size"], y=peers["drop"], text=peers["label"])
-    return ViewData((zones, labels, peers, peer_labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps",
+    return ViewData((zones, labels, peers, peer_labels, path, dots, est, est_labels),
+                    f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps" + (" · estimate shown" if e else ""),
                     (x0, x1), (y0, y1),
-                    ({"fill_color": "color"}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
+                    ({"fill_color": "color"}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}, {}, {}))
 
 def zone_plot(s:Snapshot) -> hv.Overlay:
     "Target / increase / decrease / abandon zones, peers (squares: uniform W_xA_y ladder, other runs), the search trajectory and its last point (ringed)."
-    d = zone_data(s); zones, labels, peers, peer_labels, path, dots = d.layers
+    d = zone_data(s); zones, labels, peers, peer_labels, path, dots, est, est_labels = d.layers
     r = hv.Rectangles(zones, ["left", "bottom", "right", "top"], ["color"]).opts(color="color", alpha=0.18, line_alpha=0)
     t = hv.Labels(labels, ["x", "y"], "text").opts(text_color="#555555", text_font_size="9pt", text_alpha=0.8)
     pth = hv.Path([np.c_[path["xs"][0], path["ys"][0]]]).opts(color="#333333", line_width=1.5, alpha=0.8)
@@ -304,7 +313,12 @@ def zone_plot(s:Snapshot) -> hv.Overlay:
         color=PEER_COLOR, marker="square", size=9, line_color="#333333", alpha=0.85, tools=["hover"])
     pl = hv.Labels(peer_labels, ["x", "y"], "text").opts(text_color="#333333", text_font_size="8pt", yoffset=0.0, text_align="left",
                                                           text_baseline="bottom", xoffset=0.8)
-    return (r * t * pp * pl * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
+    # the current map's post-training estimate: a hollow circle labelled "estimate" (never one of the measured dots)
+    ep = hv.Points(est, ["size", "drop"], ["acc", "label"], group="Estimate").opts(
+        color=ESTIMATE_COLOR, fill_alpha=0, line_width=2.5, size=14, tools=["hover"])
+    el = hv.Labels(est_labels, ["x", "y"], "text", group="Estimate").opts(text_color=ESTIMATE_COLOR, text_font_size="9pt", text_align="left",
+                                                                        text_baseline="bottom", xoffset=1.2)
+    return (r * t * pp * pl * pth * pts * ep * el).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
                                     ylabel="accuracy drop vs INT8 (points)", title=d.title)
 
 # %% ../nbs/13_plots.ipynb #86e21873
@@ -361,7 +375,7 @@ def sensitivity_heatmap(sens, # A `Sensitivity`, its `to_dict()`, or an accuracy
 # %% ../nbs/13_plots.ipynb #6cf19866
 FRONT_AXES = dict(size_frac="size (% of INT8 weights)", bops_frac="BOPs (% of INT8)", energy_frac="energy (% of INT8, simulated)",
                   latency_frac="latency (% of INT8, simulated)")
-ESTIMATE_COLOR, MEASURED_COLOR = "#377eb8", "#d95f02"   # hollow: estimate, filled: measured
+
 
 def _as_dict(p) -> dict: return dict(p) if isinstance(p, dict) else p.to_dict() if hasattr(p, "to_dict") else dict(vars(p))
 
@@ -450,7 +464,7 @@ VIEW_DATA = dict(sigma=sigma_data, kl=kl_data, bits=bits_data, costs=costs_data,
 VIEW_FIELDS = dict(sigma=("layers", "sigma", "sigma_n", "clusters", "centroids", "lam"),
                    kl=("layers", "cand_bits", "kl", "bits"), bits=("layers", "params", "bits", "budget.size_frac", "hw", "source"),
                    costs=("hw", "budget.size_frac", "budget.energy_frac", "budget.latency_frac", "mac"), energy=("hw", "mac"),
-                   latency=("hw", "mac"), zone=("history", "budget.size_frac", "budget.max_acc_drop", "ref", "peers"), log=("log",))
+                   latency=("hw", "mac"), zone=("history", "budget.size_frac", "budget.max_acc_drop", "ref", "peers", "estimate"), log=("log",))
 
 def _same(a, b) -> bool:
     if a is b: return True
