@@ -562,7 +562,8 @@ class ExplorerController:
         if st.workbench is None: return
         try: ev = preview(st.workbench, st.lam, tuple(st.bits), st._k)
         except SQError as e: self._stop_worker(); st.apply(Notice("error", str(e))); return
-        st.apply(ev); self._estimate(ev.bits); self._after_input()
+        st.apply(ev); self._after_input()
+        if st.status != "error": self._estimate(ev.bits)               # valid inputs only: an invalid one leaves nothing running
 
     def _estimate(self, bits:tuple):
         "Ask the estimate worker (started for this workbench on first use) for the post-training estimate of a σ-preview map."

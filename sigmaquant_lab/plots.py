@@ -295,14 +295,14 @@ def zone_data(s:Snapshot) -> ViewData:
     peers = dict(size=np.array([p["size_frac"] * 100 for p in pe], float), drop=np.array([p["drop_pt"] for p in pe], float),
                  label=[p["label"] for p in pe], method=[p.get("method", "") for p in pe], acc=np.array([p.get("acc", np.nan) for p in pe], float))
     peer_labels = dict(x=peers["size"], y=peers["drop"], text=peers["label"])
-    return ViewData((zones, labels, peers, peer_labels, path, dots, est, est_labels),
+    return ViewData((zones, labels, peers, peer_labels, est, est_labels, path, dots),
                     f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps" + (" · estimate shown" if e else ""),
                     (x0, x1), (y0, y1),
-                    ({"fill_color": "color"}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}, {}, {}))
+                    ({"fill_color": "color"}, {}, {}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
 
 def zone_plot(s:Snapshot) -> hv.Overlay:
     "Target / increase / decrease / abandon zones, peers (squares: uniform W_xA_y ladder, other runs), the search trajectory and its last point (ringed)."
-    d = zone_data(s); zones, labels, peers, peer_labels, path, dots, est, est_labels = d.layers
+    d = zone_data(s); zones, labels, peers, peer_labels, est, est_labels, path, dots = d.layers
     r = hv.Rectangles(zones, ["left", "bottom", "right", "top"], ["color"]).opts(color="color", alpha=0.18, line_alpha=0)
     t = hv.Labels(labels, ["x", "y"], "text").opts(text_color="#555555", text_font_size="9pt", text_alpha=0.8)
     pth = hv.Path([np.c_[path["xs"][0], path["ys"][0]]]).opts(color="#333333", line_width=1.5, alpha=0.8)
@@ -318,7 +318,7 @@ def zone_plot(s:Snapshot) -> hv.Overlay:
         color=ESTIMATE_COLOR, fill_alpha=0, line_width=2.5, size=14, tools=["hover"])
     el = hv.Labels(est_labels, ["x", "y"], "text", group="Estimate").opts(text_color=ESTIMATE_COLOR, text_font_size="9pt", text_align="left",
                                                                         text_baseline="bottom", xoffset=1.2)
-    return (r * t * pp * pl * pth * pts * ep * el).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
+    return (r * t * pp * pl * ep * el * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
                                     ylabel="accuracy drop vs INT8 (points)", title=d.title)
 
 # %% ../nbs/13_plots.ipynb #86e21873

@@ -243,7 +243,7 @@ def test_slider_map_estimate_then_measured(workbench):
     assert e["drop_pt"] == pytest.approx((e["ref_acc"] - e["acc"]) * 100) and e["size_frac"] == pytest.approx(s.size_frac)
     assert s.history == () and s.ref is None and st._ref_acc is None      # nothing was stored as measured
     assert any(r["event"] == "Estimate" and "not measured" in r["decision"] for r in s.log)
-    est, est_labels = zone_data(s).layers[6:8]
+    est, est_labels = zone_data(s).layers[4:6]
     assert est_labels["text"] == ["estimate"] and list(est["size"]) == [pytest.approx(s.size_frac * 100)]
     # an estimate of a map no longer shown is dropped; an error is only a log line
     st.apply(EstimateReady(tuple(8 for _ in s.bits), 0.5, 0.9, 10, 0.0))
@@ -256,7 +256,7 @@ def test_slider_map_estimate_then_measured(workbench):
     s = st.snapshot
     assert st.status == "done", (st.status, st.message)
     assert s.estimate is None and s.history and all(p["acc_kind"] == "measured" for p in s.history)
-    assert zone_data(s).layers[7]["text"] == [] and len(zone_data(s).layers[5]["size"]) == len(s.history) + 1
+    assert zone_data(s).layers[5]["text"] == [] and len(zone_data(s).layers[-1]["size"]) == len(s.history) + 1
     # a late estimate of the measured map is not shown over it
     st.apply(EstimateReady(s.bits, 0.5, 0.9, 10, 0.0))
     assert st.snapshot.estimate is None
