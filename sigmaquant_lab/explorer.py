@@ -24,7 +24,7 @@ from .inputs import input_data, input_model
 from .search import search_units, Event, RunStarted, PhaseStarted, Progress, StepFinished, RunFinished
 from .sigmaquant import SigmaQuantConfig, balanced_kmeans_1d, clusters_to_bits
 from .plots import Snapshot, log_row, trajectory_point, MAC_LABELS
-from .explorer_worker import SearchWorker, WorkerFailed, PeerFound
+from .explorer_worker import SearchWorker, WorkerFailed, PeerFound, EstimateWorker, EstimateReady
 
 # %% auto #0
 __all__ = ['logger', 'STATUSES', 'HANDLERS', 'Workbench', 'load_workbench', 'available_datasets', 'WorkbenchLoaded',
@@ -52,6 +52,7 @@ class Workbench:
         self._kl = {}
         self.references = {}   # INT8 references of earlier refinements by `reference_key` (`SearchWorker` reuses them)
         self.ladder = {}       # uniform W_xA_y peers measured so far: (reference key, w, a, epochs) -> point (`SearchWorker` fills it)
+        self.estimators = {}   # the post-training `Estimator` of slider maps, built off the UI thread on first use (`EstimateWorker`)
 
     @property
     def title(self) -> str: return f"{self.data.name} / {self.model_name}"
@@ -170,6 +171,7 @@ class ExplorerState(param.Parameterized):
     threads = param.Integer(1, bounds=(1, None), precedence=-1, doc="torch threads of the search worker")
     join_s = param.Number(0.0, bounds=(0, 5), precedence=-1, doc="How long `refine` waits for a cancelled worker before leaving the new run to `poll()`")
     ladder = param.List(default=[(6, 8), (4, 8), (2, 8), (4, 4)], precedence=-1, doc="Uniform W_xA_y peers measured after each refinement (empty: none)")
+    estimates = param.Boolean(True, precedence=-1, doc="Estimate each new σ-preview map post-training (off the UI thread) and show it as an estimate until a refinement measures a map")
     runs_dir = param.String("runs", precedence=-1, doc="Run records: finished runs of this data and model are peers on the zone plane; Save run writes here")
     given = param.Boolean(False, constant=True, precedence=-1, doc="The workbench was given (`for_model`, `explore`): loading keeps it, the dataset and model inputs are ignored")
 
@@ -267,7 +269,8 @@ def _on_preview_ready(st:ExplorerState, ev:PreviewReady):
     if s is None or wb is None: return
     st.snapshot = replace(s, clusters=np.array(ev.clusters), centroids=np.array(ev.centroids), lam=ev.lam, cand_bits=ev.cand_bits,
                           kl=wb.kl(ev.cand_bits), bits=ev.bits, hw=wb.costs(ev.bits, s.mac), sigma=np.asarray(wb.sigma),
-                          sigma_n=np.asarray(wb.sigma_n), source="σ preview")
+                          sigma_n=np.asarray(wb.sigma_n), source="σ preview",
+                          estimate=s.estimate if s.estimate is not None and tuple(s.estimate["bits"]) == tuple(ev.bits) else None)  # another map: its estimate follows
 
 def _on_budget_set(st:ExplorerState, ev:BudgetSet):
     if st.snapshot is not None: st.snapshot = replace(st.snapshot, budget=ev.budget)
@@ -333,7 +336,7 @@ def _on_run_finished(st:ExplorerState, ev:RunFinished):
     kw = {}
     if ev.status != "CANCELLED":
         bits = _step_bits(st, ev.bits)
-        kw = dict(bits=bits, hw=wb.costs(bits, s.mac), source=f"final ({ev.status})")
+        kw = dict(bits=bits, hw=wb.costs(bits, s.mac), source=f"final ({ev.status})", estimate=None)   # measured: the estimate is replaced
     st.snapshot = _with_row(replace(s, **kw), _row(st, ev))
     st.status, st.progress = ("cancelled", 0.0) if ev.status == "CANCELLED" else ("done", 1.0)
     if ev.acc != ev.acc: st.message = f"{ev.status} · {ev.reason or 'stopped'}"; return   # cancelled, not measured
@@ -342,12 +345,25 @@ def _on_run_finished(st:ExplorerState, ev:RunFinished):
     st.message = (f"{ev.status} · val {ev.acc:.2%}{drop} · size {ev.costs.get('size_frac', float('nan')):.1%} of INT8"
                   + (f" · {ev.reason}" if ev.reason else ""))
 
+def _on_estimate_ready(st:ExplorerState, ev:EstimateReady):
+    "A σ-preview map's post-training estimate: shown as `Snapshot.estimate` (never in the measured trajectory) while that map is shown unmeasured."
+    s, wb = st.snapshot, st.workbench
+    if s is None or wb is None: return
+    if ev.error: _log(st, "Estimate", f"no estimate: {ev.error}"); return
+    if tuple(ev.bits) != tuple(s.bits) or s.source != "σ preview": return    # the map moved on, or a refinement shows measured maps now
+    e = dict(kind="estimate", label="estimate", acc=float(ev.acc), ref_acc=float(ev.ref_acc), drop_pt=float((ev.ref_acc - ev.acc) * 100),
+             size_frac=s.size_frac, energy_frac=s.energy_frac, latency_frac=s.latency_frac, bits=tuple(ev.bits), n=int(ev.n))
+    st.snapshot = _with_row(replace(s, estimate=e), _row(st, dict(event="Estimate", message=(
+        f"post-training estimate {ev.acc:.2%} on {ev.n} images ({e['drop_pt']:.2f} pt below the INT8 map's estimate "
+        f"{ev.ref_acc:.2%}; {ev.seconds * 1e3:.0f} ms) -- an estimate, not measured"))))
+
 HANDLERS = {   # event type -> its handler: the whole reducer at a glance (`ExplorerState.apply` refuses any other event)
     WorkbenchLoaded: _on_workbench_loaded, PreviewReady: _on_preview_ready, BudgetSet: _on_budget_set, MacSet: _on_mac_set,
     Notice: _on_notice, RefineStarted: _on_refine_started, LogLine: _on_log_line, Kept: _on_kept,
     WorkerFailed: _on_worker_failed, PeerFound: _on_peer_found,                                      # the worker's
     RunStarted: _on_run_started, PhaseStarted: _on_phase_started, Progress: _on_progress,           # the search's
     StepFinished: _on_step_finished, RunFinished: _on_run_finished,
+    EstimateReady: _on_estimate_ready,                                                              # the estimate worker's
 }
 
 # %% ../nbs/14_explorer.ipynb #e13a0031
@@ -385,6 +401,7 @@ class ExplorerController:
         self._pending, self._want_refine = None, False         # (cfg, resume) waiting for the old worker to end; a refinement an input asked for
         self._loader, self._loaded, self._load_token = None, queue.SimpleQueue(), 0
         self._idle, self._busy = threading.Event(), 0
+        self.estimator = None                                   # `EstimateWorker` of σ-preview maps, started on the first new map
         self._idle.set()
         w = state.param.watch
         w(self._budget_changed, ["max_acc_drop", "size_frac", "energy_frac"])
@@ -483,6 +500,7 @@ class ExplorerController:
     def close(self):
         "Cancel everything (a browser session ended)."
         self._stop_worker(); self._load_token += 1
+        if self.estimator is not None: self.estimator.close(); self.estimator = None
 
     def poll(self, max_events:int=1000) -> int:
         "Apply queued events; start a pending refinement once the old worker has ended. Returns how many events were taken."
@@ -499,12 +517,15 @@ class ExplorerController:
                 if self._pending is not None: self._start_pending()
                 elif st.status == "cancelling":        # a superseded run was cancelled for good: its end was only logged
                     st.apply(Notice("cancelled", "refinement cancelled"))
+        if self.estimator is not None:
+            for ev in self.estimator.drain(): st.apply(ev); n += 1
         return n
 
     def busy(self) -> bool:
         "A refinement runs or waits, a load is under way, or events wait to be applied."
         return (self.running or self._pending is not None or self._want_refine or (self._loader is not None and self._loader.is_alive())
-                or not self._loaded.empty() or (self.worker is not None and not self.worker.queue.empty()))
+                or not self._loaded.empty() or (self.worker is not None and not self.worker.queue.empty())
+                or (self.estimator is not None and (self.estimator.pending or not self.estimator.queue.empty())))
 
     def wait(self, timeout:float=60.0, interval:float=0.05) -> bool:
         "Poll until nothing runs, waits or loads (headless use); True when idle in time."
@@ -540,6 +561,23 @@ class ExplorerController:
         try: ev = preview(st.workbench, st.lam, tuple(st.bits), st._k)
         except SQError as e: self._stop_worker(); st.apply(Notice("error", str(e))); return
         st.apply(ev); self._after_input()
+        if st.status != "error": self._estimate(ev.bits)               # valid inputs only: an invalid one leaves nothing running
+
+    def _estimate(self, bits:tuple):
+        "Ask the estimate worker (started for this workbench on first use) for the post-training estimate of a σ-preview map."
+        st, wb = self.state, self.state.workbench
+        if not st.estimates or wb is None: return
+        e = self.estimator
+        if e is None or e.model is not wb.model:
+            if e is not None: e.close()
+            from sigmaquant_lab.estimate import EstimateConfig
+            cfg = EstimateConfig()
+            n_val = len(wb.data.split("val")[1])
+            if n_val == 0: return                                        # nothing to estimate on
+            cfg = replace(cfg, sample=min(cfg.sample, n_val))            # as a search samples at most its validation split
+            e = self.estimator = EstimateWorker(wb.model, wb.data, wb.names, cfg, threads=st.threads, idle=self._idle,
+                                                cache=wb.estimators, strict=wb.strict)
+        e.request(bits)
 
     def _mac_changed(self, *_):
         self.state.apply(MacSet(self.state.mac)); self._after_input()

@@ -14,7 +14,7 @@ from .search import search, reference_key, SearchConfig, Event
 from .uniform import UniformConfig
 
 # %% auto #0
-__all__ = ['logger', 'WorkerFailed', 'PeerFound', 'PausingCancel', 'SearchWorker']
+__all__ = ['logger', 'WorkerFailed', 'PeerFound', 'PausingCancel', 'SearchWorker', 'EstimateReady', 'EstimateWorker']
 
 # %% ../nbs/13b_explorer_worker.ipynb #b13b0008
 logger = logging.getLogger(__name__)
@@ -131,3 +131,83 @@ class SearchWorker:
         return out
 
     def __repr__(self): return f"SearchWorker(#{self.id}, {'alive' if self.alive else 'stopped'}, {type(self.cfg).__name__})"
+
+# %% ../nbs/13b_explorer_worker.ipynb #0e271361
+@dataclass(frozen=True)
+class EstimateReady(Event):
+    "A post-training estimate of one bit map (`bits` in the order the request gave): an estimate, never a measured accuracy."
+    bits:tuple # Weight widths of the map, in the request's layer order
+    acc:float # Estimated accuracy on the sample (nan when `error`)
+    ref_acc:float # Estimated accuracy of the INT8 map (the same sample and recipe)
+    n:int # Images in the sample
+    seconds:float # Time the estimate took (0: cached)
+    kind:str="estimate" # Always "estimate"
+    error:str="" # Why there is no estimate (one line)
+
+class EstimateWorker:
+    "One daemon thread estimating the newest requested bit map with an `Estimator` (built on first use, kept in `cache`)."
+    _ids = iter(range(1, 1 << 62))
+
+    def __init__(self, model, # Float model (left unchanged)
+                 data, # DataBundle
+                 layers:tuple, # Layer names the requested bit tuples follow
+                 cfg=None, # `EstimateConfig` (default: settings.ini [estimate])
+                 threads:int|None=1, # torch intra-op threads (None: leave as is)
+                 idle:threading.Event|None=None, # Pause while this is cleared (see `PausingCancel`)
+                 cache:dict|None=None, # Shared cache of the estimator (e.g. `Workbench.estimators`)
+                 strict:bool=True): # As `SearchConfig.strict`
+        self.model, self.data, self.layers, self.cfg, self.threads, self.strict = model, data, tuple(layers), cfg, threads, strict
+        self.cache = cache if cache is not None else {}
+        self.queue, self.stop, self._wake = queue.SimpleQueue(), threading.Event(), threading.Event()
+        self.flag = PausingCancel(self.stop, idle)
+        self._want, self._lock, self.working = None, threading.Lock(), False
+        self.id = next(EstimateWorker._ids)
+        self.thread = threading.Thread(target=self._run, name=f"sigmaquant-estimate-{self.id}", daemon=True)
+        self.thread.start()
+
+    def request(self, bits:tuple):
+        "Estimate this map next (replaces a request not yet started)."
+        with self._lock: self._want = tuple(int(b) for b in bits)
+        self._wake.set()
+
+    @property
+    def pending(self) -> bool:
+        "A request waits or runs (results already made wait in `queue`)."
+        return self._want is not None or self.working
+
+    def estimator(self):
+        "The estimator (built now if the cache has none)."
+        from sigmaquant_lab.estimate import Estimator
+        key = (id(self.model), self.cfg)
+        if key not in self.cache: self.cache[key] = Estimator(self.model, self.data, self.cfg, layers=list(self.layers), strict=self.strict)
+        return self.cache[key]
+
+    def _run(self):
+        while not self.stop.is_set():
+            self._wake.wait(0.5)
+            with self._lock: bits, self._want = self._want, None; self._wake.clear(); self.working = bits is not None
+            if bits is None: continue
+            try:
+                if self.threads: torch.set_num_threads(self.threads)
+                self.flag.is_set()                              # start when the UI is not redrawing
+                est = self.estimator()
+                ref = est(cancel=self.flag)
+                e = est(dict(zip(self.layers, bits)), cancel=self.flag)
+                self.queue.put(EstimateReady(bits, float(e.acc), float(ref.acc), int(e.n), float(e.seconds)))
+            except Exception as ex:
+                if self.stop.is_set(): break
+                msg = str(ex) if isinstance(ex, SQError) else f"{type(ex).__name__}: {ex}"
+                if not isinstance(ex, SQError): logger.exception("estimate of %s failed", bits)
+                self.queue.put(EstimateReady(bits, float("nan"), float("nan"), 0, 0.0, error=msg))
+            finally: self.working = False
+
+    def drain(self) -> list:
+        "Estimates ready so far, oldest first."
+        out = []
+        while True:
+            try: out.append(self.queue.get_nowait())
+            except queue.Empty: return out
+
+    def close(self):
+        "Stop the thread (an estimate under way stops at its next batch)."
+        self.stop.set(); self._wake.set()

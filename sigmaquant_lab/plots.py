@@ -28,10 +28,12 @@ from .hardware import CostModel, HWCosts, MAC_TYPES
 from .stats import kl_table
 
 # %% auto #0
-__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLOR', 'LOG_COLUMNS',
-           'VIEWS', 'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot', 'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot',
-           'kl_data', 'kl_heatmap', 'bits_data', 'bits_plot', 'costs_data', 'costs_plot', 'hardware_data',
-           'hardware_plot', 'zone_bounds', 'zone_data', 'zone_plot', 'log_row', 'log_frame', 'changed_views']
+__all__ = ['hv', 'MAC_LABELS', 'BITS_COLORS', 'CLUSTER_COLORS', 'ZONE_COLORS', 'PHASE_COLORS', 'PEER_COLOR', 'ESTIMATE_COLOR',
+           'MEASURED_COLOR', 'FRONT_AXES', 'LOG_COLUMNS', 'VIEWS', 'VIEW_DATA', 'VIEW_FIELDS', 'Snapshot',
+           'trajectory_point', 'ViewData', 'sigma_data', 'sigma_plot', 'kl_data', 'kl_heatmap', 'bits_data',
+           'bits_plot', 'costs_data', 'costs_plot', 'hardware_data', 'hardware_plot', 'zone_bounds', 'zone_data',
+           'zone_plot', 'sensitivity_data', 'sensitivity_heatmap', 'estimate_front_data', 'estimate_front_plot',
+           'log_row', 'log_frame', 'changed_views']
 
 # %% ../nbs/13_plots.ipynb #fed32710
 MAC_LABELS = {"shift_add": "shift-add", "int8": "INT8"}
@@ -58,6 +60,7 @@ class Snapshot:
     source:str="preview" # Where `bits` come from
     title:str="" # Dataset / model label
     peers:tuple=() # Other maps for the zone plane: dicts with label, method, size_frac, drop_pt, acc (uniform ladder, other runs)
+    estimate:dict|None=None # A map's post-training estimate (acc, drop_pt vs the INT8 map's estimate, size_frac, bits; kind "estimate"): a hollow marker until QAT measures a map
 
     @property
     def bit_map(self) -> dict: return dict(zip(self.layers, self.bits))
@@ -72,12 +75,12 @@ class Snapshot:
 def trajectory_point(step, # A `StepFinished` or its `to_dict()`
                      ref_acc:float # INT8 reference validation accuracy
                     ) -> dict:
-    "One point of the search trajectory: phase, step, accuracy, drop (points), cost fractions, decision."
+    "One point of the search trajectory: phase, step, accuracy, drop (points), cost fractions, decision, and whether `acc` was measured or estimated."
     g = step.get if isinstance(step, dict) else (lambda k, d=None: getattr(step, k, d))
     c = g("costs") or {}
     return dict(phase=g("phase"), step=int(g("step")), acc=float(g("acc")), drop_pt=(ref_acc - float(g("acc"))) * 100,
                 size_frac=float(c.get("size_frac", np.nan)), energy_frac=float(c.get("energy_frac", np.nan)),
-                latency_frac=float(c.get("latency_frac", np.nan)), decision=str(g("decision")))
+                latency_frac=float(c.get("latency_frac", np.nan)), decision=str(g("decision")), acc_kind=str(g("acc_kind") or "measured"))
 
 # %% ../nbs/13_plots.ipynb #16953650
 def _phase1_extra(history:list) -> dict:
@@ -122,6 +125,7 @@ CLUSTER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564
 ZONE_COLORS = {"target": "#1a9850", "increase": "#fdae61", "decrease": "#74add1", "abandon": "#d73027"}
 PHASE_COLORS = {"phase1": "#7570b3", "phase2": "#d95f02", "fixed": "#666666"}
 PEER_COLOR = "#bbbbbb"   # peers on the zone plane (uniform ladder, other runs): grey squares, labelled
+ESTIMATE_COLOR, MEASURED_COLOR = "#377eb8", "#d95f02"   # post-training estimates: hollow, labelled "estimate"; measured: filled
 
 _BASE = dict(responsive=True, height=260, toolbar=None, fontsize={"title": "10pt"})
 
@@ -254,7 +258,7 @@ def hardware_plot(s:Snapshot, metric:str="energy" # "energy" or "latency"
 # %% ../nbs/13_plots.ipynb #344ec6f5
 def zone_bounds(s:Snapshot) -> tuple:
     "Axis ranges (x0, x1, y0, y1) of the zone plane: the budget, INT8, every trajectory point and every peer."
-    pts = (*s.history, *s.peers)
+    pts = (*s.history, *s.peers, *((s.estimate,) if s.estimate else ()))
     xs = [p["size_frac"] * 100 for p in pts if p["size_frac"] == p["size_frac"]]
     ys = [p["drop_pt"] for p in pts if p["drop_pt"] == p["drop_pt"]]
     bx, by = s.budget.size_frac * 100, s.budget.max_acc_drop * 100
@@ -277,19 +281,26 @@ def zone_data(s:Snapshot) -> ViewData:
     path = dict(xs=[size], ys=[drop])
     dots = dict(size=size, drop=drop, phase=["INT8"] + [p["phase"] for p in h], step=np.array([-1] + [p["step"] for p in h]),
                 decision=["reference"] + [p["decision"] for p in h], acc=np.array([(s.ref or {}).get("acc_val", np.nan)] + [p["acc"] for p in h], float),
-                color=["#000000"] + [PHASE_COLORS.get(p["phase"], "#000000") for p in h],
+                color=["#000000"] + [PHASE_COLORS.get(p["phase"], "#000000") if p.get("acc_kind", "measured") != "estimate" else "#ffffff" for p in h],
                 dot=np.where(last, 14, 8), ring=list(np.where(last, "#000000", "#ffffff")), lw=np.where(last, 3, 1))
+    for i, p in enumerate(h, 1):                 # a step whose accuracy is an estimate (guide=ptq): hollow, ringed in its phase colour
+        if p.get("acc_kind", "measured") == "estimate" and not last[i]: dots["ring"][i], dots["lw"][i] = PHASE_COLORS.get(p["phase"], "#000000"), 2
+    e = s.estimate if s.estimate and s.estimate.get("drop_pt") == s.estimate.get("drop_pt") else None
+    est = dict(size=np.array([e["size_frac"] * 100] if e else [], float), drop=np.array([e["drop_pt"]] if e else [], float),
+               acc=np.array([e["acc"]] if e else [], float), label=["estimate"] if e else [])
+    est_labels = dict(x=est["size"], y=est["drop"], text=est["label"])
     pe = [p for p in s.peers if p["size_frac"] == p["size_frac"] and p["drop_pt"] == p["drop_pt"]]
     peers = dict(size=np.array([p["size_frac"] * 100 for p in pe], float), drop=np.array([p["drop_pt"] for p in pe], float),
                  label=[p["label"] for p in pe], method=[p.get("method", "") for p in pe], acc=np.array([p.get("acc", np.nan) for p in pe], float))
     peer_labels = dict(x=peers["size"], y=peers["drop"], text=peers["label"])
-    return ViewData((zones, labels, peers, peer_labels, path, dots), f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps",
+    return ViewData((zones, labels, peers, peer_labels, est, est_labels, path, dots),
+                    f"zones · target: drop ≤ {by:.2f} pt, size ≤ {bx:.0f}% · {len(h)} steps" + (" · estimate shown" if e else ""),
                     (x0, x1), (y0, y1),
-                    ({"fill_color": "color"}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
+                    ({"fill_color": "color"}, {}, {}, {}, {}, {}, {}, {"fill_color": "color", "line_color": "ring", "line_width": "lw", "size": "dot"}))
 
 def zone_plot(s:Snapshot) -> hv.Overlay:
     "Target / increase / decrease / abandon zones, peers (squares: uniform W_xA_y ladder, other runs), the search trajectory and its last point (ringed)."
-    d = zone_data(s); zones, labels, peers, peer_labels, path, dots = d.layers
+    d = zone_data(s); zones, labels, peers, peer_labels, est, est_labels, path, dots = d.layers
     r = hv.Rectangles(zones, ["left", "bottom", "right", "top"], ["color"]).opts(color="color", alpha=0.18, line_alpha=0)
     t = hv.Labels(labels, ["x", "y"], "text").opts(text_color="#555555", text_font_size="9pt", text_alpha=0.8)
     pth = hv.Path([np.c_[path["xs"][0], path["ys"][0]]]).opts(color="#333333", line_width=1.5, alpha=0.8)
@@ -300,8 +311,125 @@ def zone_plot(s:Snapshot) -> hv.Overlay:
         color=PEER_COLOR, marker="square", size=9, line_color="#333333", alpha=0.85, tools=["hover"])
     pl = hv.Labels(peer_labels, ["x", "y"], "text").opts(text_color="#333333", text_font_size="8pt", yoffset=0.0, text_align="left",
                                                           text_baseline="bottom", xoffset=0.8)
-    return (r * t * pp * pl * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
+    # the current map's post-training estimate: a hollow circle labelled "estimate" (never one of the measured dots)
+    ep = hv.Points(est, ["size", "drop"], ["acc", "label"], group="Estimate").opts(
+        color=ESTIMATE_COLOR, fill_alpha=0, line_width=2.5, size=14, tools=["hover"])
+    el = hv.Labels(est_labels, ["x", "y"], "text", group="Estimate").opts(text_color=ESTIMATE_COLOR, text_font_size="9pt", text_align="left",
+                                                                        text_baseline="bottom", xoffset=1.2)
+    return (r * t * pp * pl * ep * el * pth * pts).opts(**_BASE, xlim=d.x_range, ylim=d.y_range, xlabel="size (% of INT8 weights)",
                                     ylabel="accuracy drop vs INT8 (points)", title=d.title)
+
+# %% ../nbs/13_plots.ipynb #86e21873
+def _sens_rows(sens, layers=None, widths=None, act:bool=False) -> tuple:
+    "(layers, widths, drop in points layers × widths, base accuracy or None) of a `Sensitivity`, its dict or a drop array (fraction)."
+    if isinstance(sens, dict) or hasattr(sens, "to_dict"):
+        d = sens if isinstance(sens, dict) else sens.to_dict()
+        acc = d.get("act_acc") if act else d.get("acc")
+        if acc is None: raise SQError("the sensitivity table has no activation rows", "compute it with Estimator.sensitivity(act=True)")
+        own_l, own_w, base = list(d["layers"]), [int(b) for b in d["act_widths" if act else "widths"]], float(d["base"])
+        drop = (base - np.asarray(acc, float)) * 100
+    else:
+        if layers is None or widths is None:
+            raise SQError("an accuracy-drop array needs its layers and widths", "pass layers= and widths=, or the Sensitivity itself")
+        own_l, own_w, base, drop = list(layers), [int(b) for b in widths], None, np.asarray(sens, float) * 100
+    if drop.shape != (len(own_l), len(own_w)):
+        raise SQError(f"the sensitivity table is {drop.shape}, not layers × widths ({len(own_l)}, {len(own_w)})", "pass the table with its own layers and widths")
+    layers = list(own_l if layers is None else layers); widths = [int(b) for b in (own_w if widths is None else widths)]
+    li, wi = {n: i for i, n in enumerate(own_l)}, {b: j for j, b in enumerate(own_w)}
+    out = np.full((len(layers), len(widths)), np.nan)   # layers or widths the table does not have: empty cells
+    for i, n in enumerate(layers):
+        for j, b in enumerate(widths):
+            if n in li and b in wi: out[i, j] = drop[li[n], wi[b]]
+    return layers, widths, out, base
+
+def sensitivity_data(sens, # A `Sensitivity`, its `to_dict()`, or an accuracy-drop array (fraction, layers × widths)
+                     layers=None, # Row order (default: the table's; the KL heatmap's is `Snapshot.layers`)
+                     widths=None, # Columns (default: the table's)
+                     act:bool=False # Activation rows instead of weights
+                    ) -> ViewData:
+    "Heatmap cells (no fast path) and their text: estimated drop in points per layer and width."
+    L, W, drop, base = _sens_rows(sens, layers, widths, act)
+    cols = [str(b) for b in W]
+    tab = dict(bits=np.tile(cols, len(L)), layer=np.repeat(L, len(cols)), drop_pt=drop.ravel())
+    text = dict(bits=tab["bits"], layer=tab["layer"], text=["" if v != v else f"{v:.1f}" for v in drop.ravel()])
+    what = "input activations" if act else "weights"
+    title = f"sensitivity · estimated drop (pt), one layer's {what} lowered" + (f" · base {base:.1%} (estimate)" if base is not None else " (estimate)")
+    return ViewData((tab, text), title)
+
+def sensitivity_heatmap(sens, # A `Sensitivity`, its `to_dict()`, or an accuracy-drop array (fraction, layers × widths)
+                        layers=None, # Row order (default: the table's)
+                        widths=None, # Columns (default: the table's)
+                        act:bool=False # Activation rows instead of weights
+                       ) -> hv.Overlay:
+    "Layers × widths estimated accuracy drop with only that layer lowered, in the KL heatmap's layout (viridis, layers top-down)."
+    d = sensitivity_data(sens, layers, widths, act); tab, text = d.layers
+    v = tab["drop_pt"][np.isfinite(tab["drop_pt"])]
+    clim = (min(0.0, float(v.min())) if len(v) else 0.0, max(float(v.max()) if len(v) else 1.0, 1e-6))
+    hm = hv.HeatMap(tab, ["bits", "layer"], hv.Dimension("drop_pt", label="estimated drop (pt)")).opts(
+        cmap="viridis", colorbar=True, tools=["hover"], invert_yaxis=True, xlabel="width (bits)", ylabel="", clim=clim)
+    lab = hv.Labels(text, ["bits", "layer"], "text").opts(text_color="white", text_font_size="8pt")
+    return (hm * lab).opts(**_BASE, title=d.title)
+
+# %% ../nbs/13_plots.ipynb #6cf19866
+FRONT_AXES = dict(size_frac="size (% of INT8 weights)", bops_frac="BOPs (% of INT8)", energy_frac="energy (% of INT8, simulated)",
+                  latency_frac="latency (% of INT8, simulated)")
+
+
+def _as_dict(p) -> dict: return dict(p) if isinstance(p, dict) else p.to_dict() if hasattr(p, "to_dict") else dict(vars(p))
+
+def _is_estimate(p:dict) -> bool: return "estimate" in (p.get("kind"), p.get("acc_kind"))
+
+def _axis_value(p:dict, axis:str, cost_model=None, mac:str="shift_add") -> float:
+    "A point's value on a cost axis: its own key, its `costs`, its map's costs, a uniform W_xA_y label's costs, or its `cost`."
+    import re
+    if p.get(axis) is not None: return float(p[axis])
+    if (p.get("costs") or {}).get(axis) is not None: return float(p["costs"][axis])
+    if cost_model is not None:
+        if p.get("bits"): return float(cost_model.costs(p["bits"], p.get("a_bits") or None, default=8, mac=mac).vs_int8()[axis])
+        m = re.fullmatch(r"W(\d+)A(\d+)", str(p.get("label", "")))
+        if m: return float(cost_model.costs(int(m[1]), int(m[2]), mac=mac).vs_int8()[axis])
+    return float(p["cost"]) if p.get("cost") is not None else np.nan
+
+def estimate_front_data(front_points, ladder=None, measured=None, axis:str="size_frac", cost_model=None, mac:str="shift_add") -> ViewData:
+    "The front's path, its estimate points (hollow), the measured points (filled), the ladder's squares and their labels."
+    if axis not in FRONT_AXES: raise SQError(f"cost axis {axis!r} is unknown", f"use one of {', '.join(FRONT_AXES)}")
+    fr = [_as_dict(p) for p in front_points or ()]
+    ms = [_as_dict(p) for p in measured or ()]
+    ests = fr + [p for p in ms if _is_estimate(p)]              # an estimate is never drawn as a measurement
+    ms = [p for p in ms if not _is_estimate(p)]
+    acc = lambda p: p["acc"] if p.get("acc") is not None else p.get("predicted", np.nan)
+    def cols(pts, what):
+        x = np.array([_axis_value(p, axis, cost_model, mac) * 100 for p in pts], float); y = np.array([acc(p) * 100 for p in pts], float)
+        ok = np.isfinite(x) & np.isfinite(y)
+        return dict(x=x[ok], acc=y[ok], label=[str(p.get("label", what)) for p, k in zip(pts, ok) if k],
+                    source=[what if what == "measured" else "re-estimated" if p.get("acc") is not None else "additive model" for p, k in zip(pts, ok) if k])
+    e, m = cols(ests, "estimate"), cols(ms, "measured")
+    fx = [(x, y) for x, y in zip(cols(fr, "estimate")["x"], cols(fr, "estimate")["acc"])]
+    path = dict(xs=[np.array([x for x, _ in sorted(fx)])], ys=[np.array([y for _, y in sorted(fx)])])
+    ld = [_as_dict(p) for p in ladder or ()]
+    lx = np.array([_axis_value(p, axis, cost_model, mac) * 100 for p in ld], float); ly = np.array([p.get("acc", np.nan) * 100 for p in ld], float)
+    ok = np.isfinite(lx) & np.isfinite(ly)
+    lad = dict(x=lx[ok], acc=ly[ok], label=[str(p.get("label", "")) + (" (est.)" if _is_estimate(p) else "") for p, k in zip(ld, ok) if k])
+    lab = dict(x=lad["x"], y=lad["acc"], text=lad["label"])
+    return ViewData((path, e, m, lad, lab), f"estimated front · {len(e['x'])} estimates, {len(m['x'])} measured · accuracy vs {axis}")
+
+def estimate_front_plot(front_points, # `FrontPoint`s (or dicts) from `pareto_front`
+                        ladder=None, # Uniform W_xA_y points: dicts with label, acc (and the axis, or a label the cost model can price)
+                        measured=None, # QAT-measured points: dicts with acc and the axis (or costs / bits)
+                        axis:str="size_frac", # Cost axis: size_frac | bops_frac | energy_frac | latency_frac
+                        cost_model=None, # `CostModel` pricing maps whose points lack the axis
+                        mac:str="shift_add" # MAC type of those costs
+                       ) -> hv.Overlay:
+    "Estimated accuracy vs a cost axis: the front (hollow, 'estimate'), measured points (filled), the uniform ladder (grey squares)."
+    d = estimate_front_data(front_points, ladder, measured, axis, cost_model, mac); path, e, m, lad, lab = d.layers
+    pth = hv.Path([np.c_[path["xs"][0], path["ys"][0]]]).opts(color=ESTIMATE_COLOR, line_dash="dashed", line_width=1, alpha=0.6)
+    est = hv.Scatter(e, "x", ["acc", "label", "source"], label="estimate").opts(
+        color=ESTIMATE_COLOR, fill_alpha=0, line_width=2, size=9, tools=["hover"])
+    mea = hv.Scatter(m, "x", ["acc", "label", "source"], label="measured").opts(color=MEASURED_COLOR, size=10, line_color="#333333", tools=["hover"])
+    pp = hv.Points(lad, ["x", "acc"], ["label"], label="uniform ladder").opts(color=PEER_COLOR, marker="square", size=9, line_color="#333333", tools=["hover"])
+    pl = hv.Labels(lab, ["x", "y"], "text").opts(text_color="#333333", text_font_size="8pt", text_align="left", text_baseline="bottom", xoffset=0.8)
+    return (pth * est * mea * pp * pl).opts(**_BASE, xlabel=FRONT_AXES[axis], ylabel="accuracy (%)", title=d.title, legend_position="bottom_right",
+                                            show_legend=True)
 
 # %% ../nbs/13_plots.ipynb #229ba35b
 LOG_COLUMNS = ("t_s", "event", "phase", "step", "acc", "size", "energy", "latency", "decision")
@@ -334,7 +462,7 @@ VIEW_DATA = dict(sigma=sigma_data, kl=kl_data, bits=bits_data, costs=costs_data,
 VIEW_FIELDS = dict(sigma=("layers", "sigma", "sigma_n", "clusters", "centroids", "lam"),
                    kl=("layers", "cand_bits", "kl", "bits"), bits=("layers", "params", "bits", "budget.size_frac", "hw", "source"),
                    costs=("hw", "budget.size_frac", "budget.energy_frac", "budget.latency_frac", "mac"), energy=("hw", "mac"),
-                   latency=("hw", "mac"), zone=("history", "budget.size_frac", "budget.max_acc_drop", "ref", "peers"), log=("log",))
+                   latency=("hw", "mac"), zone=("history", "budget.size_frac", "budget.max_acc_drop", "ref", "peers", "estimate"), log=("log",))
 
 def _same(a, b) -> bool:
     if a is b: return True

@@ -22,7 +22,7 @@ from .models import get_model
 from .plots import Snapshot, VIEWS
 
 # %% auto #0
-__all__ = ['result_from_run', 'report_layout', 'write_report']
+__all__ = ['SENSITIVITY_FILE', 'result_from_run', 'load_sensitivity', 'report_layout', 'write_report']
 
 # %% ../nbs/13a_report.ipynb #3c175160
 def result_from_run(run_dir:str|Path) -> SearchResult:
@@ -37,9 +37,51 @@ def _table(rows:list[dict]) -> str:
 _CSS = """<style>table.sq{border-collapse:collapse;font:12px monospace} table.sq td,table.sq th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:right}
 table.sq td:first-child,table.sq th:first-child{text-align:left} pre{font-size:12px}</style>"""
 
-def report_layout(run_dir:str|Path) -> pn.Column:
+SENSITIVITY_FILE = "sensitivity.json"   # a run folder may keep a `Sensitivity.to_dict()` here (the search does not write one)
+
+def load_sensitivity(sensitivity=None, # A `Sensitivity`, its `to_dict()`, a path to that JSON, or None
+                     run_dir:str|Path|None=None # None given: the run's `sensitivity.json`, when it has one
+                    ):
+    "The sensitivity table a report draws (a `Sensitivity`), or None."
+    from sigmaquant_lab.estimate import Sensitivity
+    if sensitivity is None and run_dir is not None and (Path(run_dir)/SENSITIVITY_FILE).exists(): sensitivity = Path(run_dir)/SENSITIVITY_FILE
+    if sensitivity is None or isinstance(sensitivity, Sensitivity): return sensitivity
+    if isinstance(sensitivity, (str, Path)):
+        try: sensitivity = json.loads(Path(sensitivity).read_text())
+        except (OSError, ValueError) as e: raise SQError(f"sensitivity table {sensitivity} is unreadable: {e}", "pass a file written from Sensitivity.to_dict()")
+    try: return Sensitivity.from_dict(sensitivity)
+    except (KeyError, TypeError, ValueError) as e:
+        raise SQError(f"the sensitivity table is not a Sensitivity.to_dict(): {type(e).__name__}: {e}", "pass Estimator.sensitivity(), or its to_dict()")
+
+def _estimate_section(res, snap, cm, sens) -> list:
+    "Post-training estimates of the run (its decisions under guide=ptq) and the sensitivity table: figures and a note; [] when there are none."
+    from sigmaquant_lab.plots import sensitivity_heatmap, estimate_front_plot
+    from sigmaquant_lab.estimate import pareto_front
+    ests = [dict(acc=h["acc"], costs=h["costs"], bits=h.get("bits"), a_bits=h.get("a_bits"), acc_kind="estimate", label=f"{h['phase']} {h['step']}")
+            for h in res.history if h.get("acc_kind") == "estimate"]
+    if sens is None and not ests: return []
+    measured = [dict(acc=h["acc"], costs=h["costs"], label=f"{h['phase']} {h['step']}") for h in res.history if h.get("acc_kind", "measured") == "measured"]
+    if res.acc is not None and res.acc == res.acc: measured.append(dict(acc=res.acc, costs=res.costs, label="final"))
+    figs, notes = [], [f"{len(ests)} of {len(res.history)} decisions read post-training estimates" if ests else "the search measured every decision after QAT"]
+    front = []
+    if sens is not None:
+        figs.append(pn.pane.HoloViews(sensitivity_heatmap(sens, [n for n in snap.layers if n in sens.layers] or None), sizing_mode="stretch_width", height=300, linked_axes=False))
+        size = lambda w, a: float(cm.costs(w, default=8).vs_int8()["size_frac"])
+        try: front = pareto_front(sens, size)          # the additive model's front (no estimator here: predictions, not re-estimated)
+        except (SQError, KeyError) as e: notes.append(f"no front from the sensitivity table: {e}")
+        notes.append(f"sensitivity: {len(sens.layers)} layers × widths {list(sens.widths)}, base estimate {sens.base:.2%} on {sens.n} images")
+    figs.append(pn.pane.HoloViews(estimate_front_plot(front + ests, None, measured, "size_frac", cost_model=cm, mac=snap.mac),
+                                  sizing_mode="stretch_width", height=300, linked_axes=False))
+    return [pn.pane.HTML("<h3>Post-training estimates</h3><p>Estimates (hollow) are post-training accuracies on a fixed validation sample: "
+                         "they rank maps and are never a measured accuracy (filled: after QAT). " + html.escape("; ".join(notes)) + ".</p>",
+                         sizing_mode="stretch_width"), pn.GridBox(*figs, ncols=2, sizing_mode="stretch_width")]
+
+def report_layout(run_dir:str|Path, # A finished run folder
+                  sensitivity=None # A `Sensitivity` (or its dict, or a JSON file of it) for the estimates section (default: the run's sensitivity.json)
+                 ) -> pn.Column:
     "The report of a run as a Panel layout (also displayable inline in JupyterLab)."
     run = Path(run_dir)
+    sens = load_sensitivity(sensitivity, run)
     res = result_from_run(run); model, cfg = run_model(run)
     hw = HardwareConfig(**{k: v for k, v in (cfg.get("hardware") or {}).items() if k in HardwareConfig.__dataclass_fields__})
     with torch.device("meta"):   # shapes only: a float twin of the network, no arithmetic
@@ -53,17 +95,18 @@ def report_layout(run_dir:str|Path) -> pn.Column:
                  energy_frac=h["costs"].get("energy_frac"), epochs=h["epochs"], wall_s=h["wall_s"]) for h in res.history]
     figs = [pn.pane.HoloViews(VIEWS[k](snap), sizing_mode="stretch_width", height=300, linked_axes=False) for k in ("sigma", "kl", "bits", "energy", "latency", "zone")]
     return pn.Column(head, pn.pane.HTML("<h3>Per layer</h3>" + _table(res.layers), sizing_mode="stretch_width"),
-                     pn.GridBox(*figs, ncols=2, sizing_mode="stretch_width"),
+                     pn.GridBox(*figs, ncols=2, sizing_mode="stretch_width"), *_estimate_section(res, snap, cm, sens),
                      pn.pane.HTML("<h3>Search log</h3>" + _table(hist), sizing_mode="stretch_width"),
                      pn.pane.HTML("<h3>Configuration</h3><pre>" + html.escape(json.dumps(cfg, indent=1)) + "</pre>", sizing_mode="stretch_width"),
                      sizing_mode="stretch_width")
 
 def write_report(run_dir:str|Path, # A finished run folder
-                 out:str|Path|None=None # Target file (default `<run_dir>/report.html`)
+                 out:str|Path|None=None, # Target file (default `<run_dir>/report.html`)
+                 sensitivity=None # A `Sensitivity` (or its dict, or a JSON file of it): adds the estimates section (default: the run's sensitivity.json)
                 ) -> Path:
     "Write a run's self-contained HTML report atomically; return its path."
     run = Path(run_dir); out = Path(out) if out is not None else run/"report.html"
     buf = io.StringIO()
-    report_layout(run).save(buf, resources=INLINE, title=f"sigmaquant-lab {run.name}")
+    report_layout(run, sensitivity).save(buf, resources=INLINE, title=f"sigmaquant-lab {run.name}")
     atomic_write(out, buf.getvalue())
     return out

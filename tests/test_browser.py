@@ -148,3 +148,38 @@ def test_lost_server_is_shown_in_the_page(browser_env, tmp_path):
                                          .map(m => m.disabled)""")
         assert sizes and all(sizes), sizes                           # the sliders too
         browser.close()
+
+
+_ESTIMATE_LABEL_JS = """() => { for (const m of Bokeh.documents[0].all_models) {
+    const d = m.data; if (!d) continue;
+    const t = d instanceof Map ? d.get('text') : d.text;
+    if (t && Array.from(t).includes('estimate')) return true; } return false; }"""
+
+
+@pytest.mark.timeout(300)
+def test_estimate_marker_in_browser(browser_env, tmp_path):
+    "A candidate-width change implies a new map: its post-training estimate appears on the zone plane (hollow, labelled 'estimate') and the finished refinement's measured point replaces it."
+    h, sync_playwright, exe = browser_env
+    with h.ExplorerServer(env={"OMP_NUM_THREADS": "1"}, log_path=tmp_path/"serve.log") as srv, sync_playwright() as pw:
+        try:
+            browser = h.launch(pw, exe)
+        except Exception as e:
+            pytest.skip(f"headless Chromium does not start here: {e}")
+        a = h.App(browser, srv.url).wait_views()
+        assert "idle" in a.status() and not a.page.evaluate(_ESTIMATE_LABEL_JS)
+        for b in ("4", "6"):                                     # candidate widths {2, 8}: a new σ-preview map (auto-refined)
+            a.page.locator(".sq-bits button", has_text=b).first.click(); a.page.wait_for_timeout(300)
+        a.wait_text("estimate shown", 0, timeout_s=60)           # the zone plane's title says an estimate is drawn
+        end = time.monotonic() + 20
+        while not a.page.evaluate(_ESTIMATE_LABEL_JS):
+            assert time.monotonic() < end, "no 'estimate' label on the zone plane"; a.page.wait_for_timeout(100)
+        a.wait_status("done", timeout_s=200)                     # the refinement measured a map: the estimate is replaced
+        end = time.monotonic() + 20
+        while a.page.evaluate(_ESTIMATE_LABEL_JS) or "estimate shown" in a.view_titles().get("zone", ""):
+            assert time.monotonic() < end, f"the estimate stayed after the measured result: {a.view_titles().get('zone')}"
+            a.page.wait_for_timeout(100)
+        errors, blocked = a.errors, a.blocked
+        browser.close()
+    assert not errors, errors
+    assert not blocked, blocked
+    assert "Traceback" not in srv.log(), srv.log()[-3000:]

@@ -223,3 +223,42 @@ def test_unknown_event_is_refused(workbench):
         st.apply(StepDone(1))
     assert st.snapshot is snap and st.status == status
     assert StepFinished in HANDLERS
+
+
+@pytest.mark.timeout(240)
+def test_slider_map_estimate_then_measured(workbench):
+    "A slider that implies a new map: its post-training estimate appears (hollow 'estimate' marker, never a measured point); the refinement's measured result replaces it."
+    from sigmaquant_lab.explorer_worker import EstimateReady
+    from sigmaquant_lab.plots import zone_data
+    st = _state(workbench, auto_refine=False, epochs=1, max_steps=2)
+    assert st.snapshot.estimate is None
+    before = st.snapshot.bits
+    st.bits = [2, 8]                                            # other candidate widths: a new σ-preview map
+    assert st.snapshot.bits != before and st.snapshot.source == "σ preview"
+    end = time.monotonic() + 60
+    while st.snapshot.estimate is None:
+        assert time.monotonic() < end, "no estimate arrived"; st.poll(); time.sleep(0.02)
+    s, e = st.snapshot, st.snapshot.estimate
+    assert e["kind"] == "estimate" and tuple(e["bits"]) == s.bits and 0 < e["acc"] <= 1 and e["n"] > 0
+    assert e["drop_pt"] == pytest.approx((e["ref_acc"] - e["acc"]) * 100) and e["size_frac"] == pytest.approx(s.size_frac)
+    assert s.history == () and s.ref is None and st._ref_acc is None      # nothing was stored as measured
+    assert any(r["event"] == "Estimate" and "not measured" in r["decision"] for r in s.log)
+    est, est_labels = zone_data(s).layers[4:6]
+    assert est_labels["text"] == ["estimate"] and list(est["size"]) == [pytest.approx(s.size_frac * 100)]
+    # an estimate of a map no longer shown is dropped; an error is only a log line
+    st.apply(EstimateReady(tuple(8 for _ in s.bits), 0.5, 0.9, 10, 0.0))
+    assert st.snapshot.estimate == e
+    st.apply(EstimateReady(s.bits, float("nan"), float("nan"), 0, 0.0, error="boom"))
+    assert st.snapshot.estimate == e and "no estimate: boom" in st.snapshot.log[-1]["decision"]
+    # the refinement measures: when it finishes, the measured trajectory replaces the estimate
+    st.refine()
+    assert st.wait(200), "the refinement did not finish"
+    s = st.snapshot
+    assert st.status == "done", (st.status, st.message)
+    assert s.estimate is None and s.history and all(p["acc_kind"] == "measured" for p in s.history)
+    assert zone_data(s).layers[5]["text"] == [] and len(zone_data(s).layers[-1]["size"]) == len(s.history) + 1
+    # a late estimate of the measured map is not shown over it
+    st.apply(EstimateReady(s.bits, 0.5, 0.9, 10, 0.0))
+    assert st.snapshot.estimate is None
+    st.close()
+    assert st.controller.estimator is None
