@@ -114,6 +114,7 @@ def main(argv=None):
     p.add_argument("--results", default=str(ROOT/"benchmarks/results/cifar_subset"), help="the pareto_cifar10 results folder (fp32.pt + runs)")
     p.add_argument("--out", default=str(ROOT/"benchmarks/results/estimate_cifar_subset"), help="writes OUT.json, OUT.md and OUT-runs/")
     p.add_argument("--sample", type=int, default=512); p.add_argument("--skip-guided", action="store_true")
+    p.add_argument("--skip-sensitivity", action="store_true")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     proto, st = PROTOCOLS[a.protocol], load_settings(ROOT/"settings.ini")
@@ -160,7 +161,7 @@ def main(argv=None):
     save()
     print(f"Spearman (test) {res['rank']['spearman_test']:.3f} over {len(uniq)} maps; pairs right {res['rank']['pairs']['right']}/{res['rank']['pairs']['pairs']}", flush=True)
     # 2. a weight sensitivity table, timed cold (a fresh estimator: nothing cached)
-    if "sensitivity_s" not in res["speed"]:
+    if "sensitivity_s" not in res["speed"] and not a.skip_sensitivity:
         e2 = Estimator(model, data, EstimateConfig(sample=res["sample"]), quant=cfg0.quant, device="cpu")
         t0 = time.perf_counter(); sens = e2.sensitivity((2, 4, 6, 8))
         res["speed"].update(sensitivity_s=time.perf_counter() - t0, units=len(sens.layers), widths=list(sens.widths),

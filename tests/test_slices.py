@@ -110,6 +110,18 @@ def test_cpu_subset_twin_from_the_pretrained_model(tmp_path):
     assert cifar_subset_table.main(["--results", str(res), "--out", str(tmp_path/"t.md")]) == 0
     md = (tmp_path/"t.md").read_text()
     assert "| size 30.0% of INT8 (A8) | sigmaquant | 1 |" in md and "| W2A8 | 1 |" in md and f"{len(want)} of {len(want)} planned runs finished" in md
+    # the estimate benchmark reads the same folder: one estimate per record, ranked against what QAT measured
+    import estimate_cifar_subset
+    est = tmp_path/"est"
+    assert estimate_cifar_subset.main(["--protocol", "cpu-subset-tiny", "--results", str(res), "--out", str(est), "--sample", "50",
+                                       "--skip-guided", "--skip-sensitivity"]) == 0
+    e = json.loads(est.with_suffix(".json").read_text())
+    assert len(e["maps"]) == len(want) and all(0 <= m["estimate"] <= 1 for m in e["maps"]), e["maps"]
+    assert {m["key"] for m in e["maps"]} == want and e["rank"]["n_maps"] <= len(want) and -1 <= e["rank"]["spearman_test"] <= 1
+    w8 = next(m for m in e["maps"] if m["key"].startswith("uniform-W8A8"))
+    w2 = next(m for m in e["maps"] if m["key"].startswith("uniform-W2A8"))
+    assert w8["estimate"] > w2["estimate"], (w8, w2)      # 8-bit weights estimate better than 2-bit ones
+    assert "Spearman" in est.with_suffix(".md").read_text()
     # the weights are gone (a fresh checkout holds only the records): the fine-tune is rebuilt, checked against its digest, nothing rerun
     (res/"fp32.pt").unlink()
     r2 = subprocess.run([*cmd, str(res), "--budget-s", "600"], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
